@@ -1,0 +1,54 @@
+/* loop.c - small event loop helpers. */
+#include "config.h"
+
+#include <stdlib.h>
+#include <time.h>
+
+#include "sillad.h"
+
+struct deferred {
+    struct event *ev;
+    void (*fn)(void *);
+    void *arg;
+};
+
+static void
+deferred_run(evutil_socket_t fd, short what, void *arg)
+{
+    struct deferred *d = arg;
+    void (*fn)(void *) = d->fn;
+    void *fn_arg = d->arg;
+
+    (void)fd;
+    (void)what;
+    event_free(d->ev);
+    free(d);
+    fn(fn_arg);
+}
+
+int
+sl_defer(struct event_base *base, void (*fn)(void *), void *arg)
+{
+    struct deferred *d = calloc(1, sizeof(*d));
+
+    if (d == NULL)
+        return SL_ENOMEM;
+    d->fn = fn;
+    d->arg = arg;
+    d->ev = event_new(base, -1, 0, deferred_run, d);
+    if (d->ev == NULL) {
+        free(d);
+        return SL_ENOMEM;
+    }
+    event_active(d->ev, EV_TIMEOUT, 0);
+    return 0;
+}
+
+int64_t
+sl_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

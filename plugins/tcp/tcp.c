@@ -1,0 +1,710 @@
+/* tcp.c - the tcp base layer: dial and listen, IPv4 and IPv6.
+ *
+ * Dialing resolves the host without blocking (the core's resolver), then
+ * races the addresses happy-eyeballs style: attempt k starts 250 ms after
+ * attempt k-1, or at once when k-1 fails; the first connection wins.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+#include "sillad/plugin.h"
+
+#define LAYER "tcp"
+#define MAX_ATTEMPTS 8
+#define STAGGER_MS 250
+
+struct tcp_cfg {
+    const struct sl_host *h;
+    char host[256];
+    char port[8];
+    int64_t connect_timeout_ms;
+    int nodelay;
+    int64_t keepalive_s;
+    int backlog;
+    int family;
+    size_t read_buffer;
+    size_t dbg_rmax, dbg_wmax;   /* SL_DBG_RMAX / SL_DBG_WPARTIAL */
+};
+
+struct tcp_pipe {
+    const struct sl_host *h;
+    char remote[64];
+};
+
+struct attempt {
+    struct tcp_dial *d;
+    evutil_socket_t fd;
+    struct event *ev;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+};
+
+struct tcp_dial {
+    struct tcp_cfg *cfg;
+    struct event_base *base;
+    sl_pipe_fn *done;
+    void *arg;
+    void *resolve_req;
+    struct event *done_ev;     /* delivers the result from the loop */
+    struct event *stagger_ev;  /* starts the next attempt */
+    struct event *timeout_ev;  /* connect_timeout */
+    struct sockaddr_storage addrs[MAX_ATTEMPTS];
+    socklen_t addrlen[MAX_ATTEMPTS];
+    size_t naddrs, next;
+    struct attempt att[MAX_ATTEMPTS];
+    size_t live;
+    struct sl_pipe *result;
+    struct sl_error err;
+    int canceled, finished;
+};
+
+struct tcp_listener {
+    struct tcp_cfg *cfg;
+    struct event_base *base;
+    struct evconnlistener *lev;
+    struct event *retry_ev;
+    int backoff_ms;
+    sl_pipe_fn *on_accept;
+    void *arg;
+};
+
+static const struct sl_opt_spec tcp_opts[] = {
+    { "addr", SL_OPT_ADDR, SL_OPT_REQUIRED, NULL,
+      "host:port to dial, or ip:port to listen on", NULL, 0, 0 },
+    { "connect_timeout", SL_OPT_DURATION, 0, "10s",
+      "give up a dial after this long", NULL, 1, 3600000 },
+    { "nodelay", SL_OPT_BOOL, 0, "true", "set TCP_NODELAY", NULL, 0, 0 },
+    { "keepalive", SL_OPT_DURATION, 0, "60s",
+      "TCP keepalive idle time (0 turns keepalive off)", NULL, 0, 86400000 },
+    { "backlog", SL_OPT_INT, 0, "1024", "listen backlog", NULL, 1, 65535 },
+    { "family", SL_OPT_ENUM, 0, "any", "address family to use", "any|ipv4|ipv6",
+      0, 0 },
+    { "read_buffer", SL_OPT_SIZE, 0, "256k",
+      "stop reading the socket while this much input waits", NULL, 4096,
+      1073741824 },
+    { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
+};
+
+static int
+tcp_configure(const struct sl_host *h, void *plugin_ctx,
+              const struct sl_opts *o, void **out, struct sl_error *e)
+{
+    struct tcp_cfg *c = calloc(1, sizeof(*c));
+    const char *addr = h->opt_str(o, "addr");
+    const char *fam = h->opt_str(o, "family");
+    const char *env;
+    const char *colon;
+
+    (void)plugin_ctx;
+    if (c == NULL)
+        return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    c->h = h;
+    /* The core checked the syntax; split host and port again here. */
+    if (addr[0] == '[') {
+        const char *close = strchr(addr, ']');
+
+        snprintf(c->host, sizeof(c->host), "%.*s", (int)(close - addr - 1),
+                 addr + 1);
+        colon = close + 1;
+    } else {
+        colon = strrchr(addr, ':');
+        snprintf(c->host, sizeof(c->host), "%.*s", (int)(colon - addr),
+                 addr);
+    }
+    snprintf(c->port, sizeof(c->port), "%s", colon + 1);
+    c->connect_timeout_ms = h->opt_int(o, "connect_timeout");
+    c->nodelay = (int)h->opt_int(o, "nodelay");
+    c->keepalive_s = h->opt_int(o, "keepalive") / 1000;
+    c->backlog = (int)h->opt_int(o, "backlog");
+    c->family = strcmp(fam, "ipv4") == 0   ? AF_INET
+                : strcmp(fam, "ipv6") == 0 ? AF_INET6
+                                           : AF_UNSPEC;
+    c->read_buffer = (size_t)h->opt_int(o, "read_buffer");
+    /* Test hooks: force short reads and partial writes. */
+    if ((env = getenv("SL_DBG_RMAX")) != NULL)
+        c->dbg_rmax = (size_t)strtoul(env, NULL, 10);
+    if ((env = getenv("SL_DBG_WPARTIAL")) != NULL)
+        c->dbg_wmax = (size_t)strtoul(env, NULL, 10);
+    *out = c;
+    return 0;
+}
+
+static void
+tcp_unconfigure(void *cfg)
+{
+    free(cfg);
+}
+
+static void
+format_addr(const struct sockaddr *sa, char *buf, size_t len)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const void *)sa;
+
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        snprintf(buf, len, "[%s]:%u", ip, ntohs(s6->sin6_port));
+    } else if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const void *)sa;
+
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        snprintf(buf, len, "%s:%u", ip, ntohs(s4->sin_port));
+    } else {
+        snprintf(buf, len, "?");
+    }
+}
+
+static int
+tcp_query(void *layer_ctx, int what, void *out, size_t *len)
+{
+    struct tcp_pipe *tp = layer_ctx;
+    size_t n;
+
+    switch (what) {
+    case SL_Q_REMOTE_ADDR:
+        n = strlen(tp->remote) + 1;
+        if (*len < n)
+            return SL_EINVAL;
+        memcpy(out, tp->remote, n);
+        *len = n;
+        return 0;
+    default:
+        /* The core answers PROTOCOL ("tcp") and FD from the bufferevent. */
+        return SL_ENOTSUP;
+    }
+}
+
+static int
+tcp_shutdown_write(void *layer_ctx, struct sl_pipe *p)
+{
+    struct tcp_pipe *tp = layer_ctx;
+    evutil_socket_t fd = bufferevent_getfd(tp->h->pipe_get0_bev(p));
+
+    /* The core calls this once the output buffer has drained, so every
+     * byte has been handed to the kernel before the FIN. */
+    if (fd >= 0 && shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN)
+        return SL_ESYS;
+    return 0;
+}
+
+static void
+tcp_pipe_destroy(void *layer_ctx)
+{
+    free(layer_ctx);
+}
+
+static const struct sl_pipe_ops tcp_pipe_ops = {
+    .struct_size = sizeof(struct sl_pipe_ops),
+    .shutdown_write = tcp_shutdown_write,
+    .query = tcp_query,
+    .destroy = tcp_pipe_destroy,
+};
+
+static void
+set_sockopts(struct tcp_cfg *c, evutil_socket_t fd)
+{
+    int one = 1;
+
+    if (c->nodelay)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (c->keepalive_s > 0) {
+        int idle = (int)c->keepalive_s;
+        int intvl = idle / 3 > 0 ? idle / 3 : 1;
+        int cnt = 3;
+
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+#ifdef TCP_KEEPIDLE
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+#endif
+    }
+}
+
+/* Consumes fd. */
+static struct sl_pipe *
+make_pipe(struct tcp_cfg *c, struct event_base *base, evutil_socket_t fd,
+          const struct sockaddr *peer, struct sl_error *e)
+{
+    struct tcp_pipe *tp = calloc(1, sizeof(*tp));
+    struct bufferevent *bev;
+    struct sl_pipe *p;
+
+    if (tp == NULL) {
+        evutil_closesocket(fd);
+        c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+        return NULL;
+    }
+    tp->h = c->h;
+    format_addr(peer, tp->remote, sizeof(tp->remote));
+    set_sockopts(c, fd);
+    bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        evutil_closesocket(fd);
+        free(tp);
+        c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+        return NULL;
+    }
+    /* Bound the input: stop reading while read_buffer bytes wait. */
+    bufferevent_setwatermark(bev, EV_READ, 0, c->read_buffer);
+    if (c->dbg_rmax > 0)
+        bufferevent_set_max_single_read(bev, c->dbg_rmax);
+    if (c->dbg_wmax > 0)
+        bufferevent_set_max_single_write(bev, c->dbg_wmax);
+    p = c->h->pipe_new(LAYER, bev, NULL, &tcp_pipe_ops, tp);
+    if (p == NULL)
+        c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    return p;
+}
+
+/* ---- dialing ------------------------------------------------------------- */
+
+static void
+attempt_close(struct attempt *a)
+{
+    if (a->ev != NULL) {
+        event_free(a->ev);
+        a->ev = NULL;
+    }
+    if (a->fd >= 0) {
+        evutil_closesocket(a->fd);
+        a->fd = -1;
+        a->d->live--;
+    }
+}
+
+static void
+dial_finish(struct tcp_dial *d)
+{
+    if (d->finished)
+        return;
+    d->finished = 1;
+    for (size_t i = 0; i < d->next; i++)
+        attempt_close(&d->att[i]);
+    event_del(d->stagger_ev);
+    event_del(d->timeout_ev);
+    event_active(d->done_ev, EV_TIMEOUT, 0);
+}
+
+static void
+dial_deliver(evutil_socket_t fd, short what, void *arg)
+{
+    struct tcp_dial *d = arg;
+    struct sl_pipe *p = d->result;
+    struct sl_error err = d->err;
+
+    (void)fd;
+    (void)what;
+    if (d->canceled && p != NULL) {
+        d->cfg->h->pipe_free(p);
+        p = NULL;
+    }
+    if (d->canceled) {
+        memset(&err, 0, sizeof(err));
+        d->cfg->h->error_set(&err, SL_ECANCELED, LAYER, "dial cancelled");
+    }
+    event_free(d->done_ev);
+    event_free(d->stagger_ev);
+    event_free(d->timeout_ev);
+    d->done(p, p ? NULL : &err, d->arg);
+    free(d);
+}
+
+static void start_attempt(struct tcp_dial *d);
+
+static void
+attempt_ready(evutil_socket_t fd, short what, void *arg)
+{
+    struct attempt *a = arg;
+    struct tcp_dial *d = a->d;
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    char addr[64];
+
+    (void)what;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0)
+        soerr = errno;
+    if (soerr != 0) {
+        format_addr((struct sockaddr *)&a->sa, addr, sizeof(addr));
+        memset(&d->err, 0, sizeof(d->err));
+        d->cfg->h->error_sys(&d->err, soerr, LAYER, "connect to %s", addr);
+        attempt_close(a);
+        if (d->next < d->naddrs) {
+            /* Do not wait for the stagger when an attempt has failed. */
+            event_del(d->stagger_ev);
+            start_attempt(d);
+        } else if (d->live == 0) {
+            dial_finish(d);
+        }
+        return;
+    }
+    /* Won: hand the socket to a pipe, close the others. */
+    event_free(a->ev);
+    a->ev = NULL;
+    a->fd = -1;
+    d->live--;
+    memset(&d->err, 0, sizeof(d->err));
+    d->result = make_pipe(d->cfg, d->base, fd, (struct sockaddr *)&a->sa,
+                          &d->err);
+    dial_finish(d);
+}
+
+static void
+stagger_fired(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    start_attempt(arg);
+}
+
+static void
+start_attempt(struct tcp_dial *d)
+{
+    while (d->next < d->naddrs) {
+        struct attempt *a = &d->att[d->next];
+        struct sockaddr *sa = (struct sockaddr *)&d->addrs[d->next];
+        char addr[64];
+
+        a->d = d;
+        a->fd = -1;
+        memcpy(&a->sa, sa, d->addrlen[d->next]);
+        a->salen = d->addrlen[d->next];
+        d->next++;
+        a->fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK |
+                                          SOCK_CLOEXEC, IPPROTO_TCP);
+        if (a->fd < 0) {
+            format_addr(sa, addr, sizeof(addr));
+            memset(&d->err, 0, sizeof(d->err));
+            d->cfg->h->error_sys(&d->err, errno, LAYER, "socket for %s",
+                                 addr);
+            continue;
+        }
+        d->live++;
+        if (connect(a->fd, sa, a->salen) != 0 && errno != EINPROGRESS) {
+            format_addr(sa, addr, sizeof(addr));
+            memset(&d->err, 0, sizeof(d->err));
+            d->cfg->h->error_sys(&d->err, errno, LAYER, "connect to %s",
+                                 addr);
+            attempt_close(a);
+            continue;
+        }
+        a->ev = event_new(d->base, a->fd, EV_WRITE, attempt_ready, a);
+        if (a->ev == NULL) {
+            attempt_close(a);
+            continue;
+        }
+        event_add(a->ev, NULL);
+        if (d->next < d->naddrs) {
+            struct timeval tv = { 0, STAGGER_MS * 1000 };
+
+            event_add(d->stagger_ev, &tv);
+        }
+        return;
+    }
+    if (d->live == 0)
+        dial_finish(d);
+}
+
+static void
+dial_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct tcp_dial *d = arg;
+
+    (void)fd;
+    (void)what;
+    memset(&d->err, 0, sizeof(d->err));
+    d->cfg->h->error_set(&d->err, SL_ETIMEDOUT, LAYER,
+                         "connect to %s:%s timed out after %lld ms",
+                         d->cfg->host, d->cfg->port,
+                         (long long)d->cfg->connect_timeout_ms);
+    dial_finish(d);
+}
+
+static void
+resolved(int err, const char *why, const struct addrinfo *ai, void *arg)
+{
+    struct tcp_dial *d = arg;
+
+    d->resolve_req = NULL;
+    if (d->finished)
+        return;
+    if (err != 0) {
+        d->cfg->h->error_set(&d->err, err, LAYER, "%s", why);
+        dial_finish(d);
+        return;
+    }
+    /* In the resolver's order (RFC 6724); the stagger covers a broken
+     * family at the cost of 250 ms. */
+    for (const struct addrinfo *a = ai; a && d->naddrs < MAX_ATTEMPTS;
+         a = a->ai_next) {
+        if (a->ai_addrlen > sizeof(d->addrs[0]))
+            continue;
+        memcpy(&d->addrs[d->naddrs], a->ai_addr, a->ai_addrlen);
+        d->addrlen[d->naddrs] = (socklen_t)a->ai_addrlen;
+        d->naddrs++;
+    }
+    if (d->naddrs == 0) {
+        d->cfg->h->error_set(&d->err, SL_ERESOLVE, LAYER,
+                             "no usable address for %s", d->cfg->host);
+        dial_finish(d);
+        return;
+    }
+    start_attempt(d);
+}
+
+static int
+tcp_dial(void *cfg, struct event_base *base, sl_pipe_fn *done, void *arg,
+         void **op, struct sl_error *e)
+{
+    struct tcp_cfg *c = cfg;
+    struct tcp_dial *d = calloc(1, sizeof(*d));
+    struct timeval tv;
+
+    if (d == NULL)
+        return c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    d->cfg = c;
+    d->base = base;
+    d->done = done;
+    d->arg = arg;
+    d->done_ev = event_new(base, -1, 0, dial_deliver, d);
+    d->stagger_ev = evtimer_new(base, stagger_fired, d);
+    d->timeout_ev = evtimer_new(base, dial_timeout, d);
+    if (d->done_ev == NULL || d->stagger_ev == NULL ||
+        d->timeout_ev == NULL)
+        goto nomem;
+    tv.tv_sec = c->connect_timeout_ms / 1000;
+    tv.tv_usec = (c->connect_timeout_ms % 1000) * 1000;
+    evtimer_add(d->timeout_ev, &tv);
+    d->resolve_req = c->h->resolve(base, c->host, c->port, c->family,
+                                   resolved, d, e);
+    if (d->resolve_req == NULL)
+        goto fail;
+    *op = d;
+    return 0;
+nomem:
+    c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+fail:
+    if (d->done_ev)
+        event_free(d->done_ev);
+    if (d->stagger_ev)
+        event_free(d->stagger_ev);
+    if (d->timeout_ev)
+        event_free(d->timeout_ev);
+    free(d);
+    return e->code;
+}
+
+static void
+tcp_cancel(void *op)
+{
+    struct tcp_dial *d = op;
+
+    d->canceled = 1;
+    if (d->resolve_req != NULL) {
+        void *rq = d->resolve_req;
+
+        d->resolve_req = NULL;
+        d->cfg->h->resolve_cancel(rq);
+    }
+    dial_finish(d);
+}
+
+/* ---- listening ----------------------------------------------------------- */
+
+static void
+accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
+          struct sockaddr *sa, int salen, void *arg)
+{
+    struct tcp_listener *l = arg;
+    struct sl_error e;
+    struct sl_pipe *p;
+
+    (void)lev;
+    (void)salen;
+    l->backoff_ms = 0;
+    memset(&e, 0, sizeof(e));
+    p = make_pipe(l->cfg, l->base, fd, sa, &e);
+    if (p == NULL) {
+        l->on_accept(NULL, &e, l->arg);
+        return;
+    }
+    l->on_accept(p, NULL, l->arg);
+}
+
+static void
+retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct tcp_listener *l = arg;
+
+    (void)fd;
+    (void)what;
+    evconnlistener_enable(l->lev);
+}
+
+static void
+accept_error(struct evconnlistener *lev, void *arg)
+{
+    struct tcp_listener *l = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    struct sl_error e;
+    struct timeval tv;
+
+    memset(&e, 0, sizeof(e));
+    l->cfg->h->error_sys(&e, err, LAYER, "accept on %s:%s", l->cfg->host,
+                         l->cfg->port);
+    l->on_accept(NULL, &e, l->arg);
+    /* Out of fds (EMFILE) leaves the socket readable: back off 5..100 ms
+     * instead of spinning, like a careful accept loop does. */
+    l->backoff_ms = l->backoff_ms ? l->backoff_ms * 2 : 5;
+    if (l->backoff_ms > 100)
+        l->backoff_ms = 100;
+    evconnlistener_disable(lev);
+    tv.tv_sec = 0;
+    tv.tv_usec = (l->backoff_ms + rand() % 5) * 1000;
+    evtimer_add(l->retry_ev, &tv);
+}
+
+static int
+tcp_listen(void *cfg, struct event_base *base, sl_pipe_fn *on_accept,
+           void *arg, void **out, struct sl_error *e)
+{
+    struct tcp_cfg *c = cfg;
+    struct tcp_listener *l;
+    struct evutil_addrinfo hints, *ai = NULL;
+    const char *host = c->host;
+    int r;
+
+    if (strcmp(host, "localhost") == 0)
+        host = c->family == AF_INET6 ? "::1" : "127.0.0.1";
+    else if (strcmp(host, "*") == 0)
+        host = c->family == AF_INET6 ? "::" : "0.0.0.0";
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = c->family;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV |
+                     EVUTIL_AI_PASSIVE;
+    /* Listening happens at start-up: a numeric address, no resolver. */
+    r = evutil_getaddrinfo(host, c->port, &hints, &ai);
+    if (r != 0)
+        return c->h->error_set(e, SL_EINVAL, LAYER, "listen address %s:%s "
+                               "must be a numeric IP address, localhost or "
+                               "*: %s", c->host, c->port,
+                               evutil_gai_strerror(r));
+    l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        evutil_freeaddrinfo(ai);
+        return c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    }
+    l->cfg = c;
+    l->base = base;
+    l->on_accept = on_accept;
+    l->arg = arg;
+    l->retry_ev = evtimer_new(base, retry_cb, l);
+    l->lev = evconnlistener_new_bind(base, accept_cb, l,
+                                     LEV_OPT_CLOSE_ON_FREE |
+                                         LEV_OPT_REUSEABLE |
+                                         LEV_OPT_CLOSE_ON_EXEC,
+                                     c->backlog, ai->ai_addr,
+                                     (int)ai->ai_addrlen);
+    evutil_freeaddrinfo(ai);
+    if (l->lev == NULL || l->retry_ev == NULL) {
+        int err = errno;
+
+        if (l->retry_ev)
+            event_free(l->retry_ev);
+        free(l);
+        return c->h->error_sys(e, err, LAYER, "listen on %s:%s", c->host,
+                               c->port);
+    }
+    evconnlistener_set_error_cb(l->lev, accept_error);
+    *out = l;
+    return 0;
+}
+
+static int
+tcp_listener_query(void *listener, int what, void *out, size_t *len)
+{
+    struct tcp_listener *l = listener;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char buf[64];
+    size_t n;
+
+    if (what != SL_Q_LOCAL_ADDR)
+        return SL_ENOTSUP;
+    if (getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&ss,
+                    &sl) != 0)
+        return SL_ESYS;
+    format_addr((struct sockaddr *)&ss, buf, sizeof(buf));
+    n = strlen(buf) + 1;
+    if (*len < n)
+        return SL_EINVAL;
+    memcpy(out, buf, n);
+    *len = n;
+    return 0;
+}
+
+static void
+tcp_listener_free(void *listener)
+{
+    struct tcp_listener *l = listener;
+
+    evconnlistener_free(l->lev);
+    event_free(l->retry_ev);
+    free(l);
+}
+
+static int
+tcp_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
+{
+    (void)plugin_ctx;
+    /* Bufferevents cross the ABI: the loop must be the libevent we were
+     * built against, to the minor version. */
+    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
+        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
+                            "running with %#x",
+                            (unsigned)LIBEVENT_VERSION_NUMBER,
+                            (unsigned)h->libevent_version);
+    return 0;
+}
+
+static const struct sl_layer_ops tcp_layer = {
+    .struct_size = sizeof(struct sl_layer_ops),
+    .name = LAYER,
+    .summary = "TCP connections over IPv4 and IPv6",
+    .kind = SL_KIND_BASE,
+    .consumes = SL_IO_NONE,
+    .produces = SL_IO_PIPE,
+    .flags = SL_LF_HALF_CLOSE,
+    .opts = tcp_opts,
+    .configure = tcp_configure,
+    .unconfigure = tcp_unconfigure,
+    .dial = tcp_dial,
+    .listen = tcp_listen,
+    .listener_query = tcp_listener_query,
+    .listener_free = tcp_listener_free,
+    .cancel = tcp_cancel,
+};
+
+static const struct sl_layer_ops *const tcp_layers[] = { &tcp_layer, NULL };
+
+SL_PLUGIN_DEFINE(tcp, "TCP base layer", PACKAGE_VERSION, "ISC",
+                 "sillad", tcp_layers, tcp_init, NULL)
