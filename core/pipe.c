@@ -21,6 +21,8 @@ struct sl_pipe {
     struct sl_session *owned_session;
     struct evbuffer_cb_entry *drain_cb;
     struct event *close_timer;     /* graceful close deadline */
+    sl_closed_fn *closed_cb;       /* called after a graceful close */
+    void *closed_arg;
     unsigned shut_requested : 1;
     unsigned shut_done : 1;
     unsigned closing : 1;          /* sl_pipe_close in progress (top) */
@@ -186,8 +188,13 @@ do_shutdown(struct sl_pipe *p)
         evbuffer_remove_cb_entry(bufferevent_get_output(p->bev), p->drain_cb);
         p->drain_cb = NULL;
     }
-    if (p->ops != NULL && p->ops->shutdown_write != NULL)
-        p->ops->shutdown_write(p->layer_ctx, p);
+    if (p->ops != NULL && p->ops->shutdown_write != NULL) {
+        int r = p->ops->shutdown_write(p->layer_ctx, p);
+
+        if (r != 0)
+            sl_log(SL_LOG_DEBUG, p->layer, "shutdown_write: %s",
+                   sl_strerror(r));
+    }
     else if (p->lower != NULL)
         sl_pipe_shutdown_write(p->lower);
     if (p->lower != NULL)
@@ -273,7 +280,13 @@ sl_pipe_free(struct sl_pipe *p)
 static void
 close_free_deferred(void *arg)
 {
-    sl_pipe_free(arg);
+    struct sl_pipe *p = arg;
+    sl_closed_fn *cb = p->closed_cb;
+    void *cb_arg = p->closed_arg;
+
+    sl_pipe_free(p);
+    if (cb != NULL)
+        cb(cb_arg);
 }
 
 static void
@@ -284,7 +297,7 @@ close_done(struct sl_pipe *top)
     top->free_scheduled = 1;
     /* We may be inside a callback of a bufferevent of this chain. */
     if (sl_defer(bufferevent_get_base(top->bev), close_free_deferred, top))
-        sl_pipe_free(top);
+        close_free_deferred(top);
 }
 
 static void
@@ -313,19 +326,22 @@ close_eventcb(struct bufferevent *bev, short what, void *arg)
 }
 
 void
-sl_pipe_close(struct sl_pipe *p, int timeout_ms)
+sl_pipe_close(struct sl_pipe *p, int timeout_ms, sl_closed_fn *done,
+              void *arg)
 {
     struct timeval tv;
 
     if (p == NULL || p->closing)
         return;
     p->closing = 1;
+    p->closed_cb = done;
+    p->closed_arg = arg;
     bufferevent_setcb(p->bev, close_readcb, NULL, close_eventcb, p);
     bufferevent_enable(p->bev, EV_READ | EV_WRITE);
     p->close_timer = evtimer_new(bufferevent_get_base(p->bev), close_timeout,
                                  p);
     if (p->close_timer == NULL) {
-        sl_pipe_free(p);
+        close_done(p);
         return;
     }
     tv.tv_sec = timeout_ms / 1000;

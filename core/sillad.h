@@ -72,8 +72,11 @@ bool sl_pipe_write_shut(const struct sl_pipe *p);
 void sl_pipe_free(struct sl_pipe *p);
 /* Graceful close: stops calling the user back, lets every byte already
  * written drain through the chain, ends the send direction, then frees the
- * pipe (at the latest after timeout_ms).  Never calls back. */
-void sl_pipe_close(struct sl_pipe *p, int timeout_ms);
+ * pipe (at the latest after timeout_ms) and calls done(arg) if given,
+ * always from the loop, never inside this call. */
+typedef void sl_closed_fn(void *arg);
+void sl_pipe_close(struct sl_pipe *p, int timeout_ms, sl_closed_fn *done,
+                   void *arg);
 /* Makes p own session s: freed with p (a stream of a per-dial session). */
 void sl_pipe_attach_session(struct sl_pipe *p, struct sl_session *s);
 /* Number of pipe nodes alive in this process (tests look for leaks). */

@@ -41,7 +41,7 @@ struct app {
     struct sl_pipe *io_pipe;
     struct sl_session *io_sess;
     struct event *in_ev;
-    int in_regular, in_eof, in_paused;
+    int in_regular, in_eof, in_paused, peer_eof;
     int exit_code;
     long echo_conns;
     struct echo_conn *echoes;
@@ -83,6 +83,24 @@ stop(struct app *a, int code)
 /* ---- stdio <-> pipe ------------------------------------------------------ */
 
 static void
+io_closed(void *arg)
+{
+    stop(arg, 0);
+}
+
+/* Both directions are done: flush what is left, then leave the loop. */
+static void
+io_maybe_done(struct app *a)
+{
+    struct sl_pipe *p = a->io_pipe;
+
+    if (!a->in_eof || !a->peer_eof || p == NULL)
+        return;
+    a->io_pipe = NULL;
+    sl_pipe_close(p, 30000, io_closed, a);
+}
+
+static void
 in_read(evutil_socket_t fd, short what, void *arg)
 {
     struct app *a = arg;
@@ -93,7 +111,17 @@ in_read(evutil_socket_t fd, short what, void *arg)
     if (a->io_pipe == NULL)
         return;
     out = bufferevent_get_output(sl_pipe_get0_bev(a->io_pipe));
-    n = evbuffer_read(out, fd, READ_CHUNK);
+    {
+        /* read(2) straight into the pipe's output buffer: evbuffer_read
+         * would size reads by FIONREAD, often a single page on a pipe. */
+        struct evbuffer_iovec v;
+
+        if (evbuffer_reserve_space(out, READ_CHUNK, &v, 1) < 1)
+            return;
+        n = (int)read(fd, v.iov_base, READ_CHUNK);
+        v.iov_len = n > 0 ? (size_t)n : 0;
+        evbuffer_commit_space(out, &v, 1);
+    }
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
     if (n <= 0) {
@@ -104,6 +132,7 @@ in_read(evutil_socket_t fd, short what, void *arg)
         /* Half-close where the stack supports it; the reply keeps
          * coming until the peer closes. */
         sl_pipe_shutdown_write(a->io_pipe);
+        io_maybe_done(a);
         return;
     }
     if (evbuffer_get_length(out) >= HIGH_MARK) {
@@ -175,8 +204,10 @@ io_eventcb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (what & BEV_EVENT_EOF) {
+        /* The peer is done sending; we may still be. */
         io_readcb(bev, arg);
-        stop(a, a->exit_code);
+        a->peer_eof = 1;
+        io_maybe_done(a);
     }
 }
 
@@ -186,8 +217,12 @@ start_io(struct app *a, struct sl_pipe *p)
     struct stat st;
 
     a->io_pipe = p;
-    if (fstat(STDIN_FILENO, &st) == 0 && S_ISREG(st.st_mode))
-        a->in_regular = 1;   /* epoll cannot watch files: pump instead */
+    /* epoll cannot watch files or devices such as /dev/zero: pump them
+     * from the loop instead, as fast as the pipe takes the bytes. */
+    if (fstat(STDIN_FILENO, &st) == 0 &&
+        (S_ISREG(st.st_mode) ||
+         (S_ISCHR(st.st_mode) && !isatty(STDIN_FILENO))))
+        a->in_regular = 1;
     else
         evutil_make_socket_nonblocking(STDIN_FILENO);
     a->in_ev = event_new(a->base, STDIN_FILENO,
@@ -218,7 +253,7 @@ echo_free(struct echo_conn *c, int graceful)
     if (c->next != NULL)
         c->next->prev = c->prev;
     if (graceful)
-        sl_pipe_close(c->p, 10000);
+        sl_pipe_close(c->p, 10000, NULL, NULL);
     else
         sl_pipe_free(c->p);
     free(c);
@@ -481,9 +516,9 @@ static void
 on_reload(void *arg)
 {
     struct app *a = arg;
-    struct sl_error e;
+    struct sl_error e, e2;
     struct sl_config *cfg;
-    struct sl_stack *s = NULL;
+    struct sl_stack *s = NULL, *old_stack;
     struct sl_dialer *d = NULL;
     char buf[512];
 
@@ -493,14 +528,37 @@ on_reload(void *arg)
     }
     sl_error_clear(&e);
     cfg = sl_config_load(a->cfg_path, &e);
-    if (cfg == NULL || build(a, cfg, &d, &s, &e) != 0 ||
-        start_listener(a, s, &e) != 0) {
+    if (cfg == NULL || sl_config_check_keys(cfg, NULL, &e) != 0 ||
+        build(a, cfg, &d, &s, &e) != 0) {
         sl_log(SL_LOG_ERR, "", "reload failed, keeping the old "
                "configuration: %s", sl_error_str(&e, buf, sizeof(buf)));
         sl_stack_free(s);
         sl_config_free(cfg);
         return;
     }
+    /* The new stack usually listens on the same address: release it
+     * first, and go back to the old stack if the new one cannot listen.
+     * Connections already accepted are not touched either way. */
+    old_stack = a->lstack;
+    a->lstack = NULL;
+    sl_listener_free(a->listener);
+    a->listener = NULL;
+    if (start_listener(a, s, &e) != 0) {
+        sl_log(SL_LOG_ERR, "", "reload failed, keeping the old "
+               "configuration: %s", sl_error_str(&e, buf, sizeof(buf)));
+        sl_stack_free(s);
+        sl_config_free(cfg);
+        sl_error_clear(&e2);
+        if (start_listener(a, old_stack, &e2) != 0) {
+            sl_log(SL_LOG_ERR, "", "cannot listen again with the old "
+                   "configuration: %s",
+                   sl_error_str(&e2, buf, sizeof(buf)));
+            sl_stack_free(old_stack);
+            stop(a, 1);
+        }
+        return;
+    }
+    sl_stack_free(old_stack);
     sl_config_free(a->cfg);
     a->cfg = cfg;
     sl_log(SL_LOG_NOTICE, "", "configuration reloaded");

@@ -142,9 +142,14 @@ main(int argc, char **argv)
     if (nfiles > 0) {
         for (int i = 0; i < nfiles; i++) {
             struct sl_error e;
+            char path[4096];
 
+            /* dlopen searches the library path for a bare name; a file
+             * named on the command line means the file here. */
+            snprintf(path, sizeof(path), "%s%s",
+                     strchr(files[i], '/') ? "" : "./", files[i]);
             sl_error_clear(&e);
-            if (sl_loader_load_file(files[i], &e) != 0) {
+            if (sl_loader_load_file(path, &e) != 0) {
                 fprintf(stderr, "sillad-inspect: %s\n", e.text);
                 bad = 1;
             }

@@ -187,7 +187,8 @@ struct sl_pipe_ops {
      * written to this pipe's bufferevent has left its output buffer.
      * NULL means "shut down the pipe below" (right for filters that pass
      * the end of stream through).  A layer without half-close (picomux)
-     * closes its stream here.  Returns 0 or SL_E*. */
+     * closes its stream here.  Returns 0 or SL_E*; the core logs a
+     * failure, the layer reports it to the user as a pipe error. */
     int (*shutdown_write)(void *layer_ctx, struct sl_pipe *p);
 
     /* Answers a property query (enum sl_query), or SL_ENOTSUP to pass it
@@ -222,10 +223,12 @@ struct sl_host {
     int (*error_sys)(struct sl_error *e, int sys_errno, const char *layer,
                      const char *fmt, ...) SL_PRINTF(4, 5);
 
-    /* Makes a pipe.  Consumes bev and lower (which may be NULL for a base
-     * layer or a mux stream): the new pipe owns both, also on failure.
+    /* Makes a pipe.  Consumes bev, lower (which may be NULL for a base
+     * layer or a mux stream) and layer_ctx: the new pipe owns them, and on
+     * failure (NULL) they are already freed, layer_ctx through
+     * ops->destroy.  layer must be a static string.
      * ops and layer_ctx describe the layer; ops must outlive the pipe.
-     * layer names the layer for errors and SL_Q_PROTOCOL. */
+     * It names the layer for errors and SL_Q_PROTOCOL. */
     struct sl_pipe *(*pipe_new)(const char *layer, struct bufferevent *bev,
                                 struct sl_pipe *lower,
                                 const struct sl_pipe_ops *ops,
@@ -246,7 +249,9 @@ struct sl_host {
     int (*pipe_query)(struct sl_pipe *p, int what, void *out, size_t *len);
 
     /* Records why a pipe failed, for its user's sl_pipe_get0_error();
-     * the first error recorded wins.  Does not call back: the layer then
+     * the first error recorded on a pipe wins, and the user is shown the
+     * deepest one recorded in the chain (the most specific cause).
+     * Does not call back: the layer then
      * reports BEV_EVENT_ERROR (or EOF) through the bufferevent. */
     void (*pipe_set_error)(struct sl_pipe *p, const struct sl_error *err);
 
@@ -259,9 +264,10 @@ struct sl_host {
     int64_t (*opt_int)(const struct sl_opts *o, const char *key);
     int (*opt_has)(const struct sl_opts *o, const char *key);
 
-    /* Resolves host (a name or a numeric address) and port without
-     * blocking, with the core's per-event_base resolver.  family is
-     * AF_UNSPEC, AF_INET or AF_INET6.  cb runs exactly once, never inside
+    /* Resolves host (a name or a numeric address) and port (numeric)
+     * without blocking, with the core's per-event_base resolver.  family
+     * is AF_UNSPEC, AF_INET or AF_INET6; only families configured on this
+     * host are returned (AI_ADDRCONFIG).  cb runs exactly once, never inside
      * this call.  Returns a handle for resolve_cancel (valid until cb
      * runs), or NULL with *e set. */
     void *(*resolve)(struct event_base *base, const char *host,
@@ -278,8 +284,8 @@ struct sl_mux_stats {
     uint32_t struct_size;
     uint64_t streams_open;       /* currently open */
     uint64_t streams_total;      /* opened or accepted since start */
-    uint64_t bytes_sent;         /* stream payload, both directions */
-    uint64_t bytes_received;
+    uint64_t bytes_sent;         /* stream payload sent to the peer */
+    uint64_t bytes_received;     /* stream payload received */
     int64_t last_rtt_ms;         /* last liveness round trip, -1 if none */
 };
 
@@ -337,7 +343,7 @@ enum sl_layer_flags {
 
 struct sl_layer_ops {
     uint32_t struct_size;        /* sizeof(struct sl_layer_ops) */
-    const char *name;            /* as written in stacks: [a-z0-9_-]+ */
+    const char *name;            /* as written in stacks: [a-z0-9_-]{1,15} */
     const char *summary;         /* one line */
     uint8_t kind;                /* enum sl_kind */
     uint8_t consumes, produces;  /* enum sl_io, must agree with kind */
@@ -346,7 +352,9 @@ struct sl_layer_ops {
 
     /* Turns validated options into a layer configuration.  h stays valid
      * for the life of the process; keep it in *cfg.  Returns 0 with *cfg
-     * set, or SL_E* with e set. */
+     * set, or SL_E* with e set.  unconfigure (may be NULL) can run while
+     * pipes and sessions made with cfg are still alive (a reload): they
+     * must copy what they need from it. */
     int (*configure)(const struct sl_host *h, void *plugin_ctx,
                      const struct sl_opts *o, void **cfg,
                      struct sl_error *e);
@@ -386,7 +394,7 @@ struct sl_layer_ops {
 struct sl_plugin {
     uint16_t abi_major, abi_minor;
     uint32_t struct_size;
-    const char *name;         /* plugin name, e.g. "tcp" */
+    const char *name;         /* plugin name, e.g. "tcp": [a-z0-9_-]{1,15} */
     const char *version;      /* plugin version text */
     const char *license;      /* SPDX identifier */
     const char *origin;       /* URL or author */
@@ -417,28 +425,30 @@ typedef const struct sl_plugin *sl_describe_fn(void);
  *                  init, teardown)
  *
  * Defines the descriptor of plugin `plugin_id` (an identifier, which is
- * also its name) and sl_plugin_<plugin_id>_describe(); with -DSL_PLUGIN_MODULE it also defines the
- * entry point sl_plugin_describe().  layers is a NULL-terminated array of
+ * also its name) and exports sl_plugin_<plugin_id>_describe() (for tests
+ * and static builds); with -DSL_PLUGIN_MODULE it also exports the entry
+ * point sl_plugin_describe(), the one symbol the loader looks up.
+ * layers is a NULL-terminated array of
  * const struct sl_layer_ops pointers.  describe() has no side effects.
  */
 #ifdef SL_PLUGIN_MODULE
-#define SL_PLUGIN_ENTRY_DEFINE_(plugin_id)                                        \
-    SL_EXPORT const struct sl_plugin *sl_plugin_describe(void);             \
-    SL_EXPORT const struct sl_plugin *sl_plugin_describe(void)              \
+#define SL_PLUGIN_ENTRY_DEFINE_(plugin_id)                                   \
+    SL_EXPORT const struct sl_plugin *sl_plugin_describe(void);              \
+    SL_EXPORT const struct sl_plugin *sl_plugin_describe(void)               \
     {                                                                        \
-        return sl_plugin_##plugin_id##_describe();                               \
+        return sl_plugin_##plugin_id##_describe();                           \
     }
 #else
 #define SL_PLUGIN_ENTRY_DEFINE_(plugin_id)
 #endif
 
-#define SL_PLUGIN_DEFINE(plugin_id, desc, ver, lic, orig, layer_list, init_fn,   \
+#define SL_PLUGIN_DEFINE(plugin_id, desc, ver, lic, orig, layer_list, init_fn, \
                          teardown_fn)                                        \
-    static const struct sl_plugin sl_plugin_##plugin_id##_desc_ = {              \
+    static const struct sl_plugin sl_plugin_##plugin_id##_desc_ = {          \
         .abi_major = SL_ABI_MAJOR,                                           \
         .abi_minor = SL_ABI_MINOR,                                           \
         .struct_size = sizeof(struct sl_plugin),                             \
-        .name = #plugin_id,                                                       \
+        .name = #plugin_id,                                                  \
         .version = (ver),                                                    \
         .license = (lic),                                                    \
         .origin = (orig),                                                    \
@@ -447,10 +457,10 @@ typedef const struct sl_plugin *sl_describe_fn(void);
         .init = (init_fn),                                                   \
         .teardown = (teardown_fn),                                           \
     };                                                                       \
-    SL_EXPORT const struct sl_plugin *sl_plugin_##plugin_id##_describe(void);    \
-    SL_EXPORT const struct sl_plugin *sl_plugin_##plugin_id##_describe(void)     \
+    SL_EXPORT const struct sl_plugin *sl_plugin_##plugin_id##_describe(void); \
+    SL_EXPORT const struct sl_plugin *sl_plugin_##plugin_id##_describe(void) \
     {                                                                        \
-        return &sl_plugin_##plugin_id##_desc_;                                    \
+        return &sl_plugin_##plugin_id##_desc_;                               \
     }                                                                        \
     SL_PLUGIN_ENTRY_DEFINE_(plugin_id)
 

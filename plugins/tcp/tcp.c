@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 
@@ -29,6 +30,7 @@
 #define LAYER "tcp"
 #define MAX_ATTEMPTS 8
 #define STAGGER_MS 250
+#define IO_CHUNK (128 * 1024)
 
 struct tcp_cfg {
     const struct sl_host *h;
@@ -45,6 +47,17 @@ struct tcp_cfg {
 
 struct tcp_pipe {
     const struct sl_host *h;
+    struct sl_pipe *pipe;        /* for pipe_set_error */
+    evutil_socket_t fd;
+    struct bufferevent *mine;    /* our end of the pair */
+    struct event *rev, *wev;
+    size_t read_buffer, rchunk, wchunk;
+    int busy;                    /* inside a handler that may free us */
+    unsigned dead : 1;
+    unsigned read_eof : 1;       /* the peer ended its send direction */
+    unsigned failed : 1;         /* an error was given to the user */
+    unsigned shut_pending : 1;
+    unsigned shut_done : 1;
     char remote[64];
 };
 
@@ -172,43 +185,264 @@ format_addr(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
+/* ---- the data path ------------------------------------------------------
+ *
+ * The pipe's bufferevent is one end of a bufferevent pair; this layer
+ * drives the socket itself through the other end ("mine").  libevent 2.1's
+ * socket bufferevent reads at most 4 KiB per wakeup (EVBUFFER_MAX_READ),
+ * which caps bulk throughput far below the kernel's; here each wakeup reads
+ * up to IO_CHUNK straight into the pair, and the pair moves chains, not
+ * bytes, so nothing is copied twice.
+ *
+ *   socket -> read -> mine.output -> (pair) -> user input
+ *   user output -> (pair) -> mine.input -> writev -> socket
+ *
+ * Bounds: reading stops while mine.output holds read_buffer bytes (the
+ * user is not reading); the pair stops moving the user's output while
+ * mine.input holds write_buffer bytes (the socket is slow).
+ */
+
 static int
 tcp_query(void *layer_ctx, int what, void *out, size_t *len)
 {
     struct tcp_pipe *tp = layer_ctx;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char local[64];
+    const char *text = NULL;
     size_t n;
 
     switch (what) {
     case SL_Q_REMOTE_ADDR:
-        n = strlen(tp->remote) + 1;
-        if (*len < n)
+        text = tp->remote;
+        break;
+    case SL_Q_LOCAL_ADDR:
+        if (getsockname(tp->fd, (struct sockaddr *)&ss, &sl) != 0)
+            return SL_ESYS;
+        format_addr((struct sockaddr *)&ss, local, sizeof(local));
+        text = local;
+        break;
+    case SL_Q_FD:
+        if (*len < sizeof(int))
             return SL_EINVAL;
-        memcpy(out, tp->remote, n);
-        *len = n;
+        *(int *)out = (int)tp->fd;
+        *len = sizeof(int);
         return 0;
     default:
-        /* The core answers PROTOCOL ("tcp") and FD from the bufferevent. */
+        /* The core answers SL_Q_PROTOCOL with the layer name, "tcp". */
         return SL_ENOTSUP;
     }
+    n = strlen(text) + 1;
+    if (*len < n)
+        return SL_EINVAL;
+    memcpy(out, text, n);
+    *len = n;
+    return 0;
+}
+
+static void
+tp_free(struct tcp_pipe *tp)
+{
+    if (tp->rev != NULL)
+        event_free(tp->rev);
+    if (tp->wev != NULL)
+        event_free(tp->wev);
+    if (tp->mine != NULL)
+        bufferevent_free(tp->mine);
+    if (tp->fd >= 0)
+        evutil_closesocket(tp->fd);
+    free(tp);
+}
+
+/* Reports a socket error or EOF to the user end of the pair. */
+static void
+tp_report(struct tcp_pipe *tp, short what, int err)
+{
+    struct bufferevent *user = bufferevent_pair_get_partner(tp->mine);
+
+    if (tp->failed)
+        return;
+    event_del(tp->rev);
+    if (what & BEV_EVENT_EOF) {
+        /* Half-close: hand over what is buffered, then EOF; sending goes
+         * on until the user shuts down too. */
+        if (tp->read_eof)
+            return;
+        tp->read_eof = 1;
+        bufferevent_flush(tp->mine, EV_WRITE, BEV_FINISHED);
+        return;
+    }
+    tp->failed = 1;
+    event_del(tp->wev);
+    if (tp->pipe != NULL) {
+        struct sl_error e;
+
+        memset(&e, 0, sizeof(e));
+        tp->h->error_sys(&e, err, LAYER, "%s %s",
+                         (what & BEV_EVENT_READING) ? "read from"
+                                                    : "write to",
+                         tp->remote);
+        tp->h->pipe_set_error(tp->pipe, &e);
+    }
+    if (user != NULL) {
+        EVUTIL_SET_SOCKET_ERROR(err);
+        bufferevent_trigger_event(user, what | BEV_EVENT_ERROR, 0);
+    }
+}
+
+/* Writes what the user gave us; returns 0, or -1 after reporting. */
+static int
+tp_flush(struct tcp_pipe *tp)
+{
+    struct evbuffer *in = bufferevent_get_input(tp->mine);
+
+    while (evbuffer_get_length(in) > 0) {
+        int n = evbuffer_write_atmost(in, tp->fd, (ev_ssize_t)tp->wchunk);
+
+        if (n < 0) {
+            int err = EVUTIL_SOCKET_ERROR();
+
+            if (err == EAGAIN || err == EINTR)
+                break;
+            tp_report(tp, BEV_EVENT_WRITING, err);
+            return -1;
+        }
+        if (n == 0)
+            break;
+    }
+    if (evbuffer_get_length(in) > 0) {
+        event_add(tp->wev, NULL);
+        return 0;
+    }
+    event_del(tp->wev);
+    if (tp->shut_pending && !tp->shut_done) {
+        tp->shut_done = 1;
+        if (shutdown(tp->fd, SHUT_WR) != 0 && errno != ENOTCONN)
+            tp->h->log(SL_LOG_DEBUG, LAYER, "shutdown %s: %s", tp->remote,
+                       strerror(errno));
+    }
+    return 0;
+}
+
+static void
+tp_maybe_read(struct tcp_pipe *tp)
+{
+    size_t queued = evbuffer_get_length(bufferevent_get_output(tp->mine));
+
+    if (tp->failed || tp->read_eof)
+        return;
+    if (queued < tp->read_buffer)
+        event_add(tp->rev, NULL);
+    else
+        event_del(tp->rev);
+}
+
+static void
+on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct tcp_pipe *tp = arg;
+    struct evbuffer *out = bufferevent_get_output(tp->mine);
+    struct evbuffer_iovec v[2];
+    int nv;
+    ssize_t n;
+
+    (void)what;
+    nv = evbuffer_reserve_space(out, (ev_ssize_t)tp->rchunk, v, 2);
+    if (nv < 1)
+        return;
+    /* The reservation may be larger than asked; read no more than rchunk
+     * so that the read bound (and the SL_DBG_RMAX hook) hold. */
+    if (v[0].iov_len >= tp->rchunk) {
+        v[0].iov_len = tp->rchunk;
+        nv = 1;
+    } else if (nv == 2 && v[0].iov_len + v[1].iov_len > tp->rchunk) {
+        v[1].iov_len = tp->rchunk - v[0].iov_len;
+    }
+    n = readv(fd, (struct iovec *)v, nv);
+    if (n < 0) {
+        int err = errno;
+
+        v[0].iov_len = 0;
+        evbuffer_commit_space(out, v, 1);
+        if (err != EAGAIN && err != EINTR)
+            tp_report(tp, BEV_EVENT_READING, err);
+        return;
+    }
+    if (n == 0) {
+        v[0].iov_len = 0;
+        evbuffer_commit_space(out, v, 1);
+        tp_report(tp, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
+        return;
+    }
+    if ((size_t)n <= v[0].iov_len) {
+        v[0].iov_len = (size_t)n;
+        nv = 1;
+    } else {
+        v[1].iov_len = (size_t)n - v[0].iov_len;
+    }
+    tp->busy++;
+    /* The pair hands this to the user now; its callbacks may run, and may
+     * free the pipe (then tp->dead is set and we free at the end). */
+    evbuffer_commit_space(out, v, nv);
+    tp->busy--;
+    if (tp->dead) {
+        tp_free(tp);
+        return;
+    }
+    tp_maybe_read(tp);
+}
+
+static void
+on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tp_flush(arg);
+}
+
+/* mine.input got data from the user: send it. */
+static void
+mine_readcb(struct bufferevent *bev, void *arg)
+{
+    struct tcp_pipe *tp = arg;
+
+    (void)bev;
+    if (!tp->failed && !event_pending(tp->wev, EV_WRITE, NULL))
+        tp_flush(tp);
+}
+
+/* mine.output drained into the user's input: read the socket again. */
+static void
+mine_writecb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    tp_maybe_read(arg);
 }
 
 static int
 tcp_shutdown_write(void *layer_ctx, struct sl_pipe *p)
 {
     struct tcp_pipe *tp = layer_ctx;
-    evutil_socket_t fd = bufferevent_getfd(tp->h->pipe_get0_bev(p));
 
-    /* The core calls this once the output buffer has drained, so every
-     * byte has been handed to the kernel before the FIN. */
-    if (fd >= 0 && shutdown(fd, SHUT_WR) != 0 && errno != ENOTCONN)
-        return SL_ESYS;
+    (void)p;
+    /* The core calls this once the user's output is empty; the FIN goes
+     * out after whatever the pair already moved to us. */
+    tp->shut_pending = 1;
+    if (!tp->failed)
+        tp_flush(tp);
     return 0;
 }
 
 static void
 tcp_pipe_destroy(void *layer_ctx)
 {
-    free(layer_ctx);
+    struct tcp_pipe *tp = layer_ctx;
+
+    if (tp->busy > 0) {
+        tp->dead = 1;   /* freed when the handler on the stack returns */
+        return;
+    }
+    tp_free(tp);
 }
 
 static const struct sl_pipe_ops tcp_pipe_ops = {
@@ -245,7 +479,7 @@ make_pipe(struct tcp_cfg *c, struct event_base *base, evutil_socket_t fd,
           const struct sockaddr *peer, struct sl_error *e)
 {
     struct tcp_pipe *tp = calloc(1, sizeof(*tp));
-    struct bufferevent *bev;
+    struct bufferevent *pair[2] = { NULL, NULL };
     struct sl_pipe *p;
 
     if (tp == NULL) {
@@ -254,24 +488,41 @@ make_pipe(struct tcp_cfg *c, struct event_base *base, evutil_socket_t fd,
         return NULL;
     }
     tp->h = c->h;
+    tp->fd = fd;
+    tp->read_buffer = c->read_buffer;
+    /* Test hooks force short reads and partial writes. */
+    tp->rchunk = c->dbg_rmax ? c->dbg_rmax
+                 : c->read_buffer < IO_CHUNK ? c->read_buffer : IO_CHUNK;
+    tp->wchunk = c->dbg_wmax ? c->dbg_wmax : IO_CHUNK;
     format_addr(peer, tp->remote, sizeof(tp->remote));
     set_sockopts(c, fd);
-    bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
-    if (bev == NULL) {
-        evutil_closesocket(fd);
-        free(tp);
+    evutil_make_socket_nonblocking(fd);
+    tp->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_readable, tp);
+    tp->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_writable, tp);
+    if (tp->rev == NULL || tp->wev == NULL ||
+        bufferevent_pair_new(base, 0, pair) != 0) {
+        tp_free(tp);
         c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
     }
-    /* Bound the input: stop reading while read_buffer bytes wait. */
-    bufferevent_setwatermark(bev, EV_READ, 0, c->read_buffer);
-    if (c->dbg_rmax > 0)
-        bufferevent_set_max_single_read(bev, c->dbg_rmax);
-    if (c->dbg_wmax > 0)
-        bufferevent_set_max_single_write(bev, c->dbg_wmax);
-    p = c->h->pipe_new(LAYER, bev, NULL, &tcp_pipe_ops, tp);
-    if (p == NULL)
+    tp->mine = pair[0];
+    bufferevent_setcb(tp->mine, mine_readcb, mine_writecb, NULL, tp);
+    /* Bound what the user may queue towards a slow socket ... */
+    bufferevent_setwatermark(tp->mine, EV_READ, 0, c->read_buffer);
+    /* ... and resume reading once half of the user's backlog is gone. */
+    bufferevent_setwatermark(tp->mine, EV_WRITE, c->read_buffer / 2, 0);
+    bufferevent_enable(tp->mine, EV_READ | EV_WRITE);
+    event_add(tp->rev, NULL);
+    /* The user's input is bounded too (the user may raise it): the pair
+     * moves our output there at once, so this is what stops the reads
+     * of a user who does not drain. */
+    bufferevent_setwatermark(pair[1], EV_READ, 0, c->read_buffer);
+    p = c->h->pipe_new(LAYER, pair[1], NULL, &tcp_pipe_ops, tp);
+    if (p == NULL) {
         c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+        return NULL;
+    }
+    tp->pipe = p;
     return p;
 }
 
@@ -301,6 +552,12 @@ dial_finish(struct tcp_dial *d)
         attempt_close(&d->att[i]);
     event_del(d->stagger_ev);
     event_del(d->timeout_ev);
+    if (d->resolve_req != NULL) {
+        /* resolved() still owes us its callback: deliver from there, so
+         * that it never runs on a freed dial. */
+        d->cfg->h->resolve_cancel(d->resolve_req);
+        return;
+    }
     event_active(d->done_ev, EV_TIMEOUT, 0);
 }
 
@@ -444,8 +701,10 @@ resolved(int err, const char *why, const struct addrinfo *ai, void *arg)
     struct tcp_dial *d = arg;
 
     d->resolve_req = NULL;
-    if (d->finished)
+    if (d->finished) {
+        event_active(d->done_ev, EV_TIMEOUT, 0);
         return;
+    }
     if (err != 0) {
         d->cfg->h->error_set(&d->err, err, LAYER, "%s", why);
         dial_finish(d);
@@ -518,12 +777,6 @@ tcp_cancel(void *op)
     struct tcp_dial *d = op;
 
     d->canceled = 1;
-    if (d->resolve_req != NULL) {
-        void *rq = d->resolve_req;
-
-        d->resolve_req = NULL;
-        d->cfg->h->resolve_cancel(rq);
-    }
     dial_finish(d);
 }
 
