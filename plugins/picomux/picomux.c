@@ -1,0 +1,1685 @@
+/* picomux.c - the picomux mux layer (Geph5's picomux, byte-compatible).
+ *
+ * The wire contract is doc/PROTOCOL.picomux (the clean-room spec; "§"
+ * numbers refer to it); the codec is picomux-frame.c.  This file is the
+ * session: stream table, flow control, liveness and scheduling.
+ *
+ * Shape.  A session owns its lower pipe and reads frames from that pipe's
+ * bufferevent.  Every stream is a bufferevent pair: the user gets one end
+ * as the stream pipe's bufferevent, the session keeps the other ("mine")
+ * and drives it:
+ *
+ *   lower input --PSH body--> mine.output --(pair)--> user input
+ *   user output --(pair)--> mine.input --PSH frame--> lower output
+ *
+ * Each byte is copied at most once on either path: outgoing bodies move
+ * with evbuffer_remove_buffer (whole chains of the user's move without a
+ * copy), incoming ones are copied once into mine.output (see body_copy).
+ *
+ * Receiving.  A PSH body goes straight into mine.output; the pair moves it
+ * on while the user's input is below stream_buffer (its read high
+ * watermark).  A frame counts as delivered once all of it has moved to the
+ * user; mine's write callback fires on every move, and the receiver policy
+ * of §7.3 runs per delivered frame, sending MORE.  So a stalled reader
+ * stops only its own stream: its sender runs out of credit after at most
+ * `window` frames, which wait in mine.output, while every other stream and
+ * the session go on.
+ *
+ * Sending.  Streams with data and credit wait in a ring; the pump takes
+ * one frame (at most 8 KiB, as Rust) from each in turn while the lower
+ * output holds less than lower_buffer bytes, and goes on from the lower
+ * pipe's write callback.  Control frames (SYN, FIN, MORE, PING, PONG) are
+ * appended at once, so they wait behind at most lower_buffer bytes of data
+ * plus what the layers below buffer.  Reading pauses while the lower output
+ * holds more than twice lower_buffer (a peer that sends but never reads).
+ *
+ * Callbacks.  Pair callbacks are always deferred by libevent, so the user
+ * never runs inside this file's calls and this file never runs inside the
+ * user's, except on_stream and on_dead, which run from events of their own
+ * with the session marked busy: session_free from inside them only marks
+ * the session, and the outermost frame frees it.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <sodium.h>
+
+#include "sillad/plugin.h"
+#include "picomux-frame.h"
+
+#define LAYER "picomux"
+#define STREAM_PROTOCOL "sillad-stream"   /* as Rust's Stream says (§12) */
+#define ID_TRIES 64
+#define TABLE_MIN 64
+#define TOMB_QUEUE_MIN 64
+
+enum { SLOT_EMPTY = 0, SLOT_LIVE = 1, SLOT_TOMB = 2 };
+
+/* Option values; a session copies them (unconfigure may run first). */
+struct pm_params {
+    int64_t ping_interval_ms;
+    int64_t ping_timeout_ms;
+    uint32_t max_streams;
+    uint32_t accept_backlog;
+    uint32_t window;
+    uint64_t max_tombstones;
+    size_t stream_buffer;
+    size_t lower_buffer;
+    int debloat;
+};
+
+struct pm_cfg {
+    const struct sl_host *h;
+    struct pm_params p;
+    unsigned char *metadata;
+    size_t metadata_len;
+};
+
+struct pm_stream;
+
+/* One id of the stream table: live, or tombstoned until expiry_ms. */
+struct pm_slot {
+    uint32_t id;
+    uint32_t state;
+    union {
+        struct pm_stream *st;
+        int64_t expiry_ms;
+    } u;
+};
+
+struct pm_tomb {
+    uint32_t id;
+    int64_t expiry_ms;
+};
+
+struct pm_session {
+    const struct sl_host *h;
+    struct event_base *base;
+    struct pm_params p;
+    unsigned char *metadata;        /* for opens with none */
+    size_t metadata_len;
+    struct sl_pipe *lower;          /* NULL once torn down */
+    struct bufferevent *lbev;
+    sl_stream_fn *on_stream;
+    sl_dead_fn *on_dead;
+    void *arg;
+    unsigned char hkey[crypto_shorthash_KEYBYTES];
+    /* ids: open addressing (linear probing), keyed hash */
+    struct pm_slot *slots;
+    size_t cap, used;
+    /* tombstones in expiry order (a ring) */
+    struct pm_tomb *tq;
+    size_t tq_cap, tq_head, tq_len;
+    /* streams */
+    struct pm_stream *streams;      /* every attached stream */
+    struct pm_stream *ring_head, *ring_tail;  /* can send */
+    struct pm_stream *acc_head, *acc_tail;    /* await on_stream */
+    size_t acc_len;
+    size_t out_hard;                /* reading pauses above this output */
+    /* liveness */
+    struct event *ping_ev;          /* interval, or PONG deadline */
+    int64_t ping_sent_ms;
+    int64_t last_rtt_ms;
+    struct event *deliver_ev;       /* runs on_stream */
+    struct event *death_ev;         /* runs on_dead */
+    /* stats */
+    uint64_t streams_open, streams_total, bytes_sent, bytes_received;
+    struct sl_error why;
+    int busy;                       /* inside on_stream / on_dead */
+    unsigned ping_outstanding : 1;
+    unsigned ping_again : 1;        /* an open asked while one was out */
+    unsigned dead : 1;
+    unsigned free_pending : 1;
+    unsigned in_read : 1, read_again : 1;
+    unsigned in_pump : 1, pump_again : 1;
+    unsigned read_paused : 1;
+    unsigned lower_eof : 1;
+};
+
+struct pm_stream {
+    const struct sl_host *h;
+    struct pm_session *s;           /* NULL once detached */
+    struct sl_pipe *pipe;           /* the user's; NULL once freed */
+    struct bufferevent *mine;
+    uint32_t id;
+    uint64_t credits;               /* PSH frames we may still send */
+    /* receive side, §7.3 */
+    uint32_t remote_window, target;
+    uint64_t granted, received;     /* frames */
+    uint64_t pushed, moved, carry;  /* bytes into mine.output / moved on */
+    uint16_t *fr;                   /* lengths of undelivered frames */
+    uint32_t fr_cap, fr_head, fr_len;
+    double bw, bw_t, bw_pending;    /* debloat estimator, §7.4 */
+    unsigned char *meta;            /* until on_stream */
+    size_t meta_len;
+    struct pm_stream *prev, *next;      /* s->streams */
+    struct pm_stream *rprev, *rnext;    /* s->ring */
+    struct pm_stream *acc_next;
+    unsigned open : 1;              /* live on the wire */
+    unsigned in_ring : 1;
+    unsigned queued : 1;            /* in the accept queue */
+    unsigned delivering : 1;        /* inside on_stream */
+    unsigned fin_wanted : 1;
+    unsigned eof_given : 1;
+    unsigned eof_pending : 1;
+    unsigned epipe_given : 1;
+};
+
+static const struct sl_opt_spec pm_opts[] = {
+    { "ping_interval", SL_OPT_DURATION, 0, "1800s",
+      "send a PING this long after the last PONG (0: never send PINGs)",
+      NULL, 0, 4294967295LL },
+    { "ping_timeout", SL_OPT_DURATION, 0, "30s",
+      "the session dies when a PONG takes longer than this", NULL, 1,
+      86400000 },
+    { "max_streams", SL_OPT_INT, 0, "65536",
+      "streams open at once; beyond, open fails and a SYN gets a FIN",
+      NULL, 1, 16777216 },
+    { "accept_backlog", SL_OPT_INT, 0, "100",
+      "peer-opened streams waiting for on_stream; reading pauses beyond",
+      NULL, 1, 65536 },
+    { "window", SL_OPT_INT, 0, "1500",
+      "largest receive window granted per stream, in frames", NULL, 1,
+      PM_MAX_WINDOW },
+    { "stream_buffer", SL_OPT_SIZE, 0, "64k",
+      "bytes per stream held toward the user, and taken from it", NULL,
+      4096, 67108864 },
+    { "lower_buffer", SL_OPT_SIZE, 0, "256k",
+      "stop queueing stream data while the lower output holds this much",
+      NULL, 16384, 67108864 },
+    { "debloat", SL_OPT_BOOL, 0, "false",
+      "size each stream's window to its measured receive rate", NULL, 0, 0 },
+    { "metadata", SL_OPT_STR, 0, "",
+      "metadata of streams opened without any (e.g. for the layers above)",
+      NULL, 0, 0 },
+    { "max_tombstones", SL_OPT_INT, 0, "1048576",
+      "closed ids kept for an hour; beyond, the oldest are forgotten", NULL,
+      1024, 67108864 },
+    { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
+};
+
+static void die(struct pm_session *s, int code, const char *fmt, ...)
+    SL_PRINTF(3, 4);
+static void pump(struct pm_session *s);
+static void process_input(struct pm_session *s);
+static void st_close(struct pm_stream *st);
+static void st_free(struct pm_stream *st);
+
+/* ---- time --------------------------------------------------------------- */
+
+static int64_t
+now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static double
+now_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void
+arm_ms(struct event *ev, int64_t ms)
+{
+    struct timeval tv;
+
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+    evtimer_add(ev, &tv);
+}
+
+/* ---- the id table ----------------------------------------------------------
+ *
+ * Ids come from the peer, so the hash is keyed (SipHash, a key per
+ * session): a peer cannot choose ids that pile up in one probe run.
+ * Deletion shifts the run back, so there are no deleted markers.
+ */
+
+static size_t
+id_home(const struct pm_session *s, uint32_t id)
+{
+    unsigned char in[4], out[crypto_shorthash_BYTES];
+    uint64_t h;
+
+    in[0] = (unsigned char)id;
+    in[1] = (unsigned char)(id >> 8);
+    in[2] = (unsigned char)(id >> 16);
+    in[3] = (unsigned char)(id >> 24);
+    crypto_shorthash(out, in, sizeof(in), s->hkey);
+    memcpy(&h, out, sizeof(h));
+    return (size_t)h & (s->cap - 1);
+}
+
+static struct pm_slot *
+slot_find(struct pm_session *s, uint32_t id)
+{
+    size_t i = id_home(s, id);
+
+    while (s->slots[i].state != SLOT_EMPTY) {
+        if (s->slots[i].id == id)
+            return &s->slots[i];
+        i = (i + 1) & (s->cap - 1);
+    }
+    return NULL;
+}
+
+static int
+table_resize(struct pm_session *s, size_t cap)
+{
+    struct pm_slot *old = s->slots;
+    size_t oldcap = s->cap;
+    struct pm_slot *slots = calloc(cap, sizeof(*slots));
+
+    if (slots == NULL)
+        return -1;
+    s->slots = slots;
+    s->cap = cap;
+    for (size_t j = 0; j < oldcap; j++) {
+        size_t i;
+
+        if (old[j].state == SLOT_EMPTY)
+            continue;
+        i = id_home(s, old[j].id);
+        while (slots[i].state != SLOT_EMPTY)
+            i = (i + 1) & (cap - 1);
+        slots[i] = old[j];
+    }
+    free(old);
+    return 0;
+}
+
+/* Adds id (absent) in state; returns its slot, or NULL out of memory. */
+static struct pm_slot *
+slot_add(struct pm_session *s, uint32_t id, uint32_t state)
+{
+    size_t i;
+
+    /* At most 3/4 full: linear probing stays short. */
+    if ((s->used + 1) * 4 > s->cap * 3 && table_resize(s, s->cap * 2) != 0)
+        return NULL;
+    i = id_home(s, id);
+    while (s->slots[i].state != SLOT_EMPTY)
+        i = (i + 1) & (s->cap - 1);
+    s->slots[i].id = id;
+    s->slots[i].state = state;
+    s->used++;
+    return &s->slots[i];
+}
+
+static void
+slot_del(struct pm_session *s, struct pm_slot *sl)
+{
+    size_t mask = s->cap - 1;
+    size_t i = (size_t)(sl - s->slots), j = i;
+
+    s->slots[i].state = SLOT_EMPTY;
+    s->used--;
+    for (;;) {
+        size_t k;
+
+        j = (j + 1) & mask;
+        if (s->slots[j].state == SLOT_EMPTY)
+            break;
+        k = id_home(s, s->slots[j].id);
+        /* Move j back to the hole unless its home lies in (i, j]. */
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+            continue;
+        s->slots[i] = s->slots[j];
+        s->slots[j].state = SLOT_EMPTY;
+        i = j;
+    }
+}
+
+static struct pm_stream *
+live_stream(struct pm_session *s, uint32_t id)
+{
+    struct pm_slot *sl = slot_find(s, id);
+
+    return sl != NULL && sl->state == SLOT_LIVE ? sl->u.st : NULL;
+}
+
+/* Forgets the oldest tombstone if it is still the one in the table. */
+static void
+tomb_pop(struct pm_session *s)
+{
+    struct pm_tomb t = s->tq[s->tq_head];
+    struct pm_slot *sl = slot_find(s, t.id);
+
+    if (sl != NULL && sl->state == SLOT_TOMB && sl->u.expiry_ms == t.expiry_ms)
+        slot_del(s, sl);
+    s->tq_head = (s->tq_head + 1) % s->tq_cap;
+    s->tq_len--;
+}
+
+/* Tombstones expire in the order they were made: prune from the front. */
+static void
+tomb_prune(struct pm_session *s)
+{
+    int64_t now = now_ms();
+
+    while (s->tq_len > 0 && s->tq[s->tq_head].expiry_ms <= now)
+        tomb_pop(s);
+}
+
+static int
+tomb_queue_grow(struct pm_session *s)
+{
+    size_t cap = s->tq_cap ? s->tq_cap * 2 : TOMB_QUEUE_MIN;
+    struct pm_tomb *q;
+
+    if (cap > s->p.max_tombstones)
+        cap = (size_t)s->p.max_tombstones;
+    q = malloc(cap * sizeof(*q));
+    if (q == NULL)
+        return -1;
+    for (size_t i = 0; i < s->tq_len; i++)
+        q[i] = s->tq[(s->tq_head + i) % s->tq_cap];
+    free(s->tq);
+    s->tq = q;
+    s->tq_cap = cap;
+    s->tq_head = 0;
+    return 0;
+}
+
+/* Tombstones id for §5.2's hour: its slot (live or new) becomes a
+ * tombstone.  At max_tombstones the oldest is forgotten early; out of
+ * memory, the id is simply not remembered (both only raise the odds of a
+ * reuse the peer would call a duplicate, never break this side). */
+static void
+tombstone(struct pm_session *s, uint32_t id)
+{
+    struct pm_slot *sl;
+    int64_t expiry = now_ms() + (int64_t)PM_TOMBSTONE_TTL_S * 1000;
+
+    if (s->tq_len == s->tq_cap && s->tq_cap < s->p.max_tombstones)
+        tomb_queue_grow(s);
+    if (s->tq_len == s->tq_cap) {
+        if (s->tq_cap == 0) {
+            sl = slot_find(s, id);
+            if (sl != NULL)
+                slot_del(s, sl);
+            return;
+        }
+        tomb_pop(s);
+    }
+    sl = slot_find(s, id);
+    if (sl == NULL)
+        sl = slot_add(s, id, SLOT_TOMB);
+    if (sl == NULL)
+        return;
+    sl->state = SLOT_TOMB;
+    sl->u.expiry_ms = expiry;
+    s->tq[(s->tq_head + s->tq_len) % s->tq_cap].id = id;
+    s->tq[(s->tq_head + s->tq_len) % s->tq_cap].expiry_ms = expiry;
+    s->tq_len++;
+}
+
+/* Live or tombstoned ids may not be opened again (§5.1). */
+static int
+id_reserved(struct pm_session *s, uint32_t id)
+{
+    tomb_prune(s);
+    return slot_find(s, id) != NULL;
+}
+
+/* ---- frames out --------------------------------------------------------- */
+
+static struct evbuffer *
+lower_out(struct pm_session *s)
+{
+    return bufferevent_get_output(s->lbev);
+}
+
+/* Appends one frame to the single outgoing FIFO, the lower output. */
+static void
+out_frame(struct pm_session *s, uint8_t cmd, uint32_t id, const void *body,
+          size_t len)
+{
+    uint8_t buf[PM_HDR_LEN + 64];
+
+    if (s->dead || s->lbev == NULL)
+        return;
+    pm_hdr_encode(buf, cmd, (uint16_t)len, id);
+    if (len <= sizeof(buf) - PM_HDR_LEN) {
+        if (len > 0)
+            memcpy(buf + PM_HDR_LEN, body, len);
+        evbuffer_add(lower_out(s), buf, PM_HDR_LEN + len);
+    } else {
+        evbuffer_add(lower_out(s), buf, PM_HDR_LEN);
+        evbuffer_add(lower_out(s), body, len);
+    }
+}
+
+static void
+out_more(struct pm_session *s, uint32_t id, uint64_t grant)
+{
+    while (grant > 0) {
+        uint16_t n = grant > UINT16_MAX ? UINT16_MAX : (uint16_t)grant;
+        uint8_t body[PM_MORE_BODY_LEN];
+
+        pm_more_encode(body, n);
+        out_frame(s, PM_CMD_MORE, id, body, sizeof(body));
+        grant -= n;
+    }
+}
+
+/* ---- liveness (§8) ------------------------------------------------------ */
+
+static void
+ping_send(struct pm_session *s)
+{
+    uint8_t body[PM_PING_BODY_MAX];
+    int64_t iv = s->p.ping_interval_ms;
+    size_t n;
+
+    if (iv == 0 || s->dead)
+        return;
+    n = pm_ping_body_write(iv > UINT32_MAX ? UINT32_MAX : (uint32_t)iv, body);
+    out_frame(s, PM_CMD_PING, PM_PING_STREAM_ID, body, n);
+    s->ping_outstanding = 1;
+    s->ping_sent_ms = now_ms();
+    arm_ms(s->ping_ev, s->p.ping_timeout_ms);
+}
+
+static void
+ping_fire(evutil_socket_t fd, short what, void *arg)
+{
+    struct pm_session *s = arg;
+
+    (void)fd;
+    (void)what;
+    if (s->dead)
+        return;
+    if (s->ping_outstanding) {
+        die(s, SL_ETIMEDOUT, "ping-pong timed out: no PONG within %" PRId64
+            " ms", s->p.ping_timeout_ms);
+        return;
+    }
+    ping_send(s);
+}
+
+static void
+on_pong(struct pm_session *s)
+{
+    /* Not matched to PINGs (§4.6): any PONG answers the one out.  One
+     * with no PING out is dropped rather than banked for the next. */
+    if (!s->ping_outstanding)
+        return;
+    s->ping_outstanding = 0;
+    s->last_rtt_ms = now_ms() - s->ping_sent_ms;
+    if (s->ping_again) {
+        s->ping_again = 0;
+        ping_send(s);
+    } else {
+        arm_ms(s->ping_ev, s->p.ping_interval_ms);
+    }
+}
+
+/* Every open forces a PING (§8), merged while one is out. */
+static void
+ping_on_open(struct pm_session *s)
+{
+    if (s->p.ping_interval_ms == 0)
+        return;
+    if (s->ping_outstanding) {
+        s->ping_again = 1;
+        return;
+    }
+    event_del(s->ping_ev);
+    ping_send(s);
+}
+
+/* ---- streams ------------------------------------------------------------ */
+
+static void
+ring_add(struct pm_session *s, struct pm_stream *st)
+{
+    st->in_ring = 1;
+    st->rnext = NULL;
+    st->rprev = s->ring_tail;
+    if (s->ring_tail != NULL)
+        s->ring_tail->rnext = st;
+    else
+        s->ring_head = st;
+    s->ring_tail = st;
+}
+
+static void
+ring_del(struct pm_session *s, struct pm_stream *st)
+{
+    if (!st->in_ring)
+        return;
+    st->in_ring = 0;
+    if (st->rprev != NULL)
+        st->rprev->rnext = st->rnext;
+    else
+        s->ring_head = st->rnext;
+    if (st->rnext != NULL)
+        st->rnext->rprev = st->rprev;
+    else
+        s->ring_tail = st->rprev;
+    st->rprev = st->rnext = NULL;
+}
+
+/* Puts st in the ring if it has something the pump can send. */
+static void
+st_schedule(struct pm_stream *st)
+{
+    size_t n;
+
+    if (st->s == NULL || !st->open || st->in_ring)
+        return;
+    n = evbuffer_get_length(bufferevent_get_input(st->mine));
+    if ((n > 0 && st->credits > 0) || (n == 0 && st->fin_wanted))
+        ring_add(st->s, st);
+}
+
+/* libevent calls a read callback again and again while the input stays
+ * at its high watermark with reading enabled (bufferevent_inbuf_wm_check),
+ * so mine stops reading while mine.input is full and the pump has not
+ * taken from it: the pair then leaves the rest in the user's output. */
+static void
+mine_read_ctl(struct pm_stream *st)
+{
+    size_t n = evbuffer_get_length(bufferevent_get_input(st->mine));
+    int on = (bufferevent_get_enabled(st->mine) & EV_READ) != 0;
+
+    if (st->s != NULL && st->open && n >= st->s->p.stream_buffer) {
+        if (on)
+            bufferevent_disable(st->mine, EV_READ);
+    } else if (!on) {
+        bufferevent_enable(st->mine, EV_READ);
+    }
+}
+
+/* Unlinks st from its session, which then forgets it. */
+static void
+st_detach(struct pm_stream *st)
+{
+    struct pm_session *s = st->s;
+
+    if (s == NULL)
+        return;
+    ring_del(s, st);
+    if (st->prev != NULL)
+        st->prev->next = st->next;
+    else
+        s->streams = st->next;
+    if (st->next != NULL)
+        st->next->prev = st->prev;
+    st->prev = st->next = NULL;
+    if (st->open) {
+        st->open = 0;
+        s->streams_open--;
+    }
+    st->s = NULL;
+    /* Writes from now on are refused (st_epipe), not left to back up. */
+    mine_read_ctl(st);
+}
+
+static void
+st_free(struct pm_stream *st)
+{
+    st_detach(st);
+    bufferevent_free(st->mine);
+    free(st->fr);
+    free(st->meta);
+    free(st);
+}
+
+/* The user's end sees EOF after everything already received (the
+ * FINISHED flush moves all of mine.output over, then signals EOF). */
+static void
+give_eof(struct pm_stream *st)
+{
+    if (st->eof_given || st->pipe == NULL)
+        return;
+    if (st->queued) {
+        /* Nobody has set callbacks yet: after on_stream. */
+        st->eof_pending = 1;
+        return;
+    }
+    st->eof_given = 1;
+    bufferevent_flush(st->mine, EV_WRITE, BEV_FINISHED);
+}
+
+/* Full close (§4.3): FIN, tombstone, EOF to the user; unsent data is
+ * dropped.  Frees st when its user is gone. */
+static void
+st_close(struct pm_stream *st)
+{
+    struct pm_session *s = st->s;
+    struct evbuffer *in = bufferevent_get_input(st->mine);
+
+    if (s != NULL && st->open) {
+        out_frame(s, PM_CMD_FIN, st->id, NULL, 0);
+        tombstone(s, st->id);
+        st->open = 0;
+        s->streams_open--;
+        ring_del(s, st);
+    }
+    evbuffer_drain(in, evbuffer_get_length(in));
+    mine_read_ctl(st);
+    give_eof(st);
+    if (st->pipe == NULL && !st->queued && !st->delivering)
+        st_free(st);
+}
+
+/* The user freed its pipe (or never got it).  What it had handed over is
+ * still sent, then the FIN; a stream already closed just goes. */
+static void
+st_release(struct pm_stream *st)
+{
+    struct pm_session *s = st->s;
+
+    if (s == NULL || !st->open) {
+        st_free(st);
+        return;
+    }
+    if (evbuffer_get_length(bufferevent_get_input(st->mine)) > 0) {
+        st->fin_wanted = 1;
+        st_schedule(st);
+        pump(s);
+        return;
+    }
+    st_close(st);
+}
+
+/* A write on a stream that is closed: dropped, and an EPIPE error once
+ * (writes fail with broken pipe after a close, §4.3, §10). */
+static void
+st_epipe(struct pm_stream *st)
+{
+    struct evbuffer *in = bufferevent_get_input(st->mine);
+    struct bufferevent *user;
+    struct sl_error err;
+
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (st->pipe == NULL || st->epipe_given)
+        return;
+    st->epipe_given = 1;
+    memset(&err, 0, sizeof(err));
+    st->h->error_sys(&err, EPIPE, LAYER, "write on stream %08" PRIx32
+                     " after it closed", st->id);
+    st->h->pipe_set_error(st->pipe, &err);
+    user = bufferevent_pair_get_partner(st->mine);
+    if (user != NULL) {
+        EVUTIL_SET_SOCKET_ERROR(EPIPE);
+        bufferevent_trigger_event(user, BEV_EVENT_ERROR | BEV_EVENT_WRITING,
+                                  BEV_TRIG_DEFER_CALLBACKS);
+    }
+}
+
+/* §7.4's estimator; dt <= 0 (a coarse clock) folds the bytes into the
+ * next sample instead of dividing by zero (§15.9). */
+static void
+bw_sample(struct pm_stream *st, size_t len)
+{
+    double t = now_s(), dt = t - st->bw_t, decay;
+
+    if (dt <= 0.0) {
+        st->bw_pending += (double)len;
+        return;
+    }
+    decay = exp2(-dt);
+    st->bw = st->bw * decay +
+             ((double)len + st->bw_pending) / dt * (1.0 - decay);
+    st->bw_t = t;
+    st->bw_pending = 0.0;
+}
+
+/* Counts frames that have fully moved to the user and runs §7.3 for each:
+ * MORE once the grant is worth a quantum. */
+static void
+rx_account(struct pm_stream *st)
+{
+    struct pm_session *s = st->s;
+    uint64_t moved, grant = 0;
+
+    if (s == NULL || !st->open)
+        return;
+    moved = st->pushed -
+            evbuffer_get_length(bufferevent_get_output(st->mine));
+    st->carry += moved - st->moved;
+    st->moved = moved;
+    while (st->fr_len > 0 && st->carry >= st->fr[st->fr_head]) {
+        uint32_t len = st->fr[st->fr_head];
+        uint32_t min_q = st->target / 10;
+
+        st->carry -= len;
+        st->fr_head = (st->fr_head + 1) % st->fr_cap;
+        st->fr_len--;
+        if (min_q < 1)
+            min_q = 1;
+        if (min_q > PM_MIN_QUANTUM_MAX)
+            min_q = PM_MIN_QUANTUM_MAX;
+        if (s->p.debloat) {
+            double t;
+
+            bw_sample(st, len);
+            t = floor(st->bw / (double)PM_MSS);
+            if (!(t >= PM_INIT_WINDOW))     /* also NaN */
+                t = PM_INIT_WINDOW;
+            if (t > s->p.window)
+                t = s->p.window;
+            st->target = (uint32_t)t;
+        }
+        /* received <= granted keeps this above 0 (see on_psh). */
+        st->remote_window--;
+        if ((uint64_t)st->remote_window + min_q <= st->target) {
+            grant += st->target - st->remote_window;
+            st->remote_window = st->target;
+        }
+    }
+    if (grant > 0) {
+        st->granted += grant;
+        out_more(s, st->id, grant);
+    }
+}
+
+/* Remembers the length of a frame put into mine.output. */
+static int
+fr_push(struct pm_stream *st, uint16_t len)
+{
+    if (st->fr_len == st->fr_cap) {
+        uint32_t cap = st->fr_cap ? st->fr_cap * 2 : 16;
+        uint16_t *fr = malloc(cap * sizeof(*fr));
+
+        if (fr == NULL)
+            return -1;
+        for (uint32_t i = 0; i < st->fr_len; i++)
+            fr[i] = st->fr[(st->fr_head + i) % st->fr_cap];
+        free(st->fr);
+        st->fr = fr;
+        st->fr_cap = cap;
+        st->fr_head = 0;
+    }
+    st->fr[(st->fr_head + st->fr_len) % st->fr_cap] = len;
+    st->fr_len++;
+    return 0;
+}
+
+/* mine.input got bytes from the user's output. */
+static void
+mine_readcb(struct bufferevent *bev, void *arg)
+{
+    struct pm_stream *st = arg;
+
+    (void)bev;
+    if (st->s == NULL || !st->open) {
+        st_epipe(st);
+        return;
+    }
+    st_schedule(st);
+    mine_read_ctl(st);
+    /* Last: the pump may free st (a stream whose user is gone). */
+    pump(st->s);
+}
+
+/* Bytes moved from mine.output to the user (the write low watermark is
+ * the maximum, so this runs after every move). */
+static void
+mine_writecb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    rx_account(arg);
+}
+
+/* The user flushed its end with BEV_FINISHED: the same as a shutdown. */
+static void
+mine_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct pm_stream *st = arg;
+
+    (void)bev;
+    if ((what & BEV_EVENT_EOF) && st->s != NULL && st->open) {
+        st->fin_wanted = 1;
+        st_schedule(st);
+        pump(st->s);
+    }
+}
+
+static int
+stream_shutdown_write(void *layer_ctx, struct sl_pipe *p)
+{
+    struct pm_stream *st = layer_ctx;
+
+    (void)p;
+    /* Called once the user's output has moved into mine.input: the FIN
+     * follows those bytes.  No half-close (§4.3): it closes both ways. */
+    if (st->s == NULL || !st->open)
+        return 0;
+    st->fin_wanted = 1;
+    st_schedule(st);
+    pump(st->s);
+    return 0;
+}
+
+static int
+stream_query(void *layer_ctx, int what, void *out, size_t *len)
+{
+    struct pm_stream *st = layer_ctx;
+    size_t n;
+
+    switch (what) {
+    case SL_Q_PROTOCOL:
+        n = sizeof(STREAM_PROTOCOL);
+        if (*len < n)
+            return SL_EINVAL;
+        memcpy(out, STREAM_PROTOCOL, n);
+        *len = n;
+        return 0;
+    case SL_Q_REMOTE_ADDR:
+    case SL_Q_LOCAL_ADDR:
+        /* The session's ends: where the stream comes from. */
+        if (st->s != NULL && st->s->lower != NULL)
+            return st->h->pipe_query(st->s->lower, what, out, len);
+        return SL_ENOENT;
+    default:
+        /* No socket of its own, no secret of its own (Rust: none). */
+        return SL_ENOENT;
+    }
+}
+
+static void
+stream_destroy(void *layer_ctx)
+{
+    struct pm_stream *st = layer_ctx;
+
+    st->pipe = NULL;
+    /* Inside on_stream (refused by the user): deliver_cb goes on. */
+    if (st->delivering)
+        return;
+    st_release(st);
+}
+
+static const struct sl_pipe_ops stream_ops = {
+    .struct_size = sizeof(struct sl_pipe_ops),
+    .shutdown_write = stream_shutdown_write,
+    .query = stream_query,
+    .destroy = stream_destroy,
+};
+
+/* A new open stream with id (not reserved); NULL out of memory. */
+static struct pm_stream *
+st_new(struct pm_session *s, uint32_t id)
+{
+    const struct sl_host *h = s->h;
+    struct pm_stream *st = calloc(1, sizeof(*st));
+    struct bufferevent *pair[2];
+    struct sl_pipe *p;
+    struct pm_slot *sl;
+
+    if (st == NULL)
+        return NULL;
+    if (bufferevent_pair_new(s->base, 0, pair) != 0) {
+        free(st);
+        return NULL;
+    }
+    st->h = h;
+    st->id = id;
+    st->mine = pair[0];
+    st->credits = PM_INIT_WINDOW;
+    st->remote_window = PM_INIT_WINDOW;
+    st->granted = PM_INIT_WINDOW;
+    st->target = s->p.window;
+    st->bw = PM_DEBLOAT_INIT_BPS;
+    st->bw_t = now_s();
+    /* The user's input and what we take from its output are bounded by
+     * stream_buffer; mine's write callback runs on every move. */
+    bufferevent_setwatermark(pair[1], EV_READ, 0, s->p.stream_buffer);
+    bufferevent_setwatermark(pair[0], EV_READ, 0, s->p.stream_buffer);
+    bufferevent_setwatermark(pair[0], EV_WRITE, SIZE_MAX, 0);
+    bufferevent_setcb(pair[0], mine_readcb, mine_writecb, mine_eventcb, st);
+    bufferevent_enable(pair[0], EV_READ | EV_WRITE);
+    /* On failure pipe_new runs stream_destroy, which frees st (st->s is
+     * still NULL). */
+    p = h->pipe_new(LAYER, pair[1], NULL, &stream_ops, st);
+    if (p == NULL)
+        return NULL;
+    st->pipe = p;
+    sl = slot_add(s, id, SLOT_LIVE);
+    if (sl == NULL) {
+        h->pipe_free(p);
+        return NULL;
+    }
+    sl->u.st = st;
+    st->s = s;
+    st->open = 1;
+    st->next = s->streams;
+    if (s->streams != NULL)
+        s->streams->prev = st;
+    s->streams = st;
+    s->streams_open++;
+    s->streams_total++;
+    return st;
+}
+
+/* ---- frames in ---------------------------------------------------------- */
+
+/* A SYN we will not serve: FIN at once, as Rust does for a full accept
+ * queue (§4.1), and tombstone the id as for any closed stream. */
+static void
+refuse(struct pm_session *s, uint32_t id, const char *why)
+{
+    s->h->log(SL_LOG_INFO, LAYER, "refusing stream %08" PRIx32 ": %s", id,
+              why);
+    out_frame(s, PM_CMD_FIN, id, NULL, 0);
+    tombstone(s, id);
+}
+
+static void
+on_syn(struct pm_session *s, uint32_t id, const uint8_t *body, size_t len)
+{
+    struct pm_stream *st;
+
+    if (id_reserved(s, id)) {
+        die(s, SL_EPROTO, "duplicate SYN for stream %08" PRIx32, id);
+        return;
+    }
+    if (s->streams_open >= s->p.max_streams) {
+        refuse(s, id, "max_streams reached");
+        return;
+    }
+    st = st_new(s, id);
+    if (st == NULL) {
+        refuse(s, id, "out of memory");
+        return;
+    }
+    if (len > 0) {
+        st->meta = malloc(len);
+        if (st->meta == NULL) {
+            s->h->log(SL_LOG_INFO, LAYER, "stream %08" PRIx32 ": out of "
+                      "memory for its metadata", id);
+            st->h->pipe_free(st->pipe);   /* FIN via st_release */
+            return;
+        }
+        memcpy(st->meta, body, len);
+        st->meta_len = len;
+    }
+    st->queued = 1;
+    if (s->acc_tail != NULL)
+        s->acc_tail->acc_next = st;
+    else
+        s->acc_head = st;
+    s->acc_tail = st;
+    s->acc_len++;
+    event_active(s->deliver_ev, EV_TIMEOUT, 0);
+}
+
+/* Moves len bytes from the front of in to the end of out, copying each
+ * once.  Not evbuffer_remove_buffer: it hands over whole chains of the
+ * layer below, each as big as that layer's read (up to 256 KiB here for
+ * tcp), so a peer sending one tiny PSH per read would pin a read buffer
+ * per byte for as long as the reader stalls.  evbuffer_add packs bytes
+ * into the last chain, so a stalled stream holds what it was sent. */
+static void
+body_copy(struct evbuffer *in, struct evbuffer *out, size_t len)
+{
+    struct evbuffer_iovec v[8];
+    size_t left = len;
+
+    while (left > 0) {
+        int n = evbuffer_peek(in, (ev_ssize_t)left, NULL, v, 8);
+        size_t got = 0;
+
+        if (n > 8)
+            n = 8;
+        for (int i = 0; i < n && got < left; i++) {
+            size_t k = v[i].iov_len < left - got ? v[i].iov_len : left - got;
+
+            evbuffer_add(out, v[i].iov_base, k);
+            got += k;
+        }
+        if (got == 0)
+            break;          /* cannot happen: the frame is complete */
+        evbuffer_drain(in, got);
+        left -= got;
+    }
+}
+
+static void
+on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
+{
+    struct pm_stream *st = live_stream(s, hdr->stream_id);
+    size_t len = hdr->body_len;
+
+    evbuffer_drain(in, PM_HDR_LEN);
+    s->bytes_received += len;
+    /* Unknown or closed ids are ignored (§4.2); so is data for a stream
+     * whose user is gone (it only waits to send its last bytes). */
+    if (st == NULL || st->pipe == NULL) {
+        evbuffer_drain(in, len);
+        return;
+    }
+    if (++st->received > st->granted) {
+        /* Rust never does this (§7.2); Rust would queue it silently.  We
+         * keep memory bounded and close just this stream. */
+        s->h->log(SL_LOG_WARNING, LAYER, "stream %08" PRIx32 ": the peer "
+                  "sent beyond the %" PRIu64 " frames granted; closing it",
+                  st->id, st->granted);
+        evbuffer_drain(in, len);
+        st_close(st);
+        return;
+    }
+    if (fr_push(st, (uint16_t)len) != 0) {
+        evbuffer_drain(in, len);
+        st_close(st);
+        return;
+    }
+    st->pushed += len;
+    if (len > 0)
+        body_copy(in, bufferevent_get_output(st->mine), len);
+    rx_account(st);
+}
+
+static void
+on_fin(struct pm_session *s, uint32_t id)
+{
+    struct pm_stream *st = live_stream(s, id);
+
+    /* Unknown: most often the echo of our own FIN (§4.3). */
+    if (st == NULL)
+        return;
+    /* The echo; what was received is delivered before EOF. */
+    st_close(st);
+}
+
+static void
+on_more(struct pm_session *s, uint32_t id, uint16_t incr)
+{
+    struct pm_stream *st = live_stream(s, id);
+
+    if (st == NULL)
+        return;
+    /* 64 bits and saturating: a peer cannot overflow it (§15.6). */
+    st->credits = st->credits > UINT64_MAX - incr ? UINT64_MAX
+                                                  : st->credits + incr;
+    st_schedule(st);
+}
+
+/* Why reading has to wait, or 0. */
+static int
+input_blocked(struct pm_session *s)
+{
+    return s->acc_len >= s->p.accept_backlog ||
+           evbuffer_get_length(lower_out(s)) >= s->out_hard;
+}
+
+/* Handles every complete frame in the lower input. */
+static void
+process_input(struct pm_session *s)
+{
+    struct evbuffer *in;
+
+    if (s->dead || s->lbev == NULL)
+        return;
+    if (s->in_read) {
+        s->read_again = 1;
+        return;
+    }
+    s->in_read = 1;
+    in = bufferevent_get_input(s->lbev);
+    do {
+        s->read_again = 0;
+        while (!s->dead) {
+            uint8_t hb[PM_HDR_LEN];
+            struct pm_hdr hdr;
+            struct pm_frame frame;
+            struct pm_frame_info info;
+            size_t len = evbuffer_get_length(in), need;
+            const uint8_t *flat;
+            char why[128];
+            int r;
+
+            s->read_paused = input_blocked(s) ? 1 : 0;
+            if (s->read_paused || len < PM_HDR_LEN)
+                break;
+            evbuffer_copyout(in, hb, PM_HDR_LEN);
+            pm_hdr_decode(hb, &hdr);
+            need = PM_HDR_LEN + (size_t)hdr.body_len;
+            if (len < need)
+                break;
+            if (hdr.cmd == PM_CMD_PSH) {
+                on_psh(s, &hdr, in);
+                continue;
+            }
+            /* Bodies of control frames are small or rare: flatten. */
+            flat = evbuffer_pullup(in, (ev_ssize_t)need);
+            if (flat == NULL) {
+                die(s, SL_ENOMEM, "out of memory");
+                break;
+            }
+            pm_frame_split(flat, need, &frame, &need);
+            r = pm_frame_validate(&frame, &info);
+            if (r != PM_OK) {
+                pm_frame_strerror(r, &hdr, why, sizeof(why));
+                /* "picomux: ..." - the layer is named by the error. */
+                die(s, SL_EPROTO, "%s",
+                    strncmp(why, LAYER ": ", sizeof(LAYER ": ") - 1) == 0
+                        ? why + sizeof(LAYER ": ") - 1
+                        : why);
+                break;
+            }
+            switch (hdr.cmd) {
+            case PM_CMD_SYN:
+                on_syn(s, hdr.stream_id, frame.body, hdr.body_len);
+                break;
+            case PM_CMD_FIN:
+                on_fin(s, hdr.stream_id);
+                break;
+            case PM_CMD_MORE:
+                on_more(s, hdr.stream_id, info.more_incr);
+                break;
+            case PM_CMD_PING:
+                out_frame(s, PM_CMD_PONG, PM_PING_STREAM_ID, NULL, 0);
+                break;
+            case PM_CMD_PONG:
+                on_pong(s);
+                break;
+            default:    /* NOP */
+                break;
+            }
+            evbuffer_drain(in, need);
+        }
+    } while (s->read_again && !s->dead);
+    s->in_read = 0;
+    if (s->dead)
+        return;
+    /* Paused, the input may sit at its high watermark; with reading on,
+     * libevent would call lower_readcb again and again. */
+    if (s->read_paused)
+        bufferevent_disable(s->lbev, EV_READ);
+    else if (!(bufferevent_get_enabled(s->lbev) & EV_READ))
+        bufferevent_enable(s->lbev, EV_READ);
+    if (s->lower_eof && !s->read_paused) {
+        size_t left = evbuffer_get_length(in);
+
+        if (left > 0)
+            die(s, SL_ECLOSED, "the lower pipe ended inside a frame (%zu "
+                "bytes left)", left);
+        else
+            die(s, SL_ECLOSED, "the lower pipe ended");
+        return;
+    }
+    pump(s);
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+/* One frame per stream in turn while the lower output has room. */
+static void
+pump(struct pm_session *s)
+{
+    if (s->in_pump) {
+        s->pump_again = 1;
+        return;
+    }
+    s->in_pump = 1;
+    do {
+        s->pump_again = 0;
+        while (!s->dead && s->lbev != NULL && s->ring_head != NULL &&
+               evbuffer_get_length(lower_out(s)) < s->p.lower_buffer) {
+            struct pm_stream *st = s->ring_head;
+            struct evbuffer *in = bufferevent_get_input(st->mine);
+            size_t n = evbuffer_get_length(in);
+
+            ring_del(s, st);
+            if (n > 0 && st->credits > 0) {
+                size_t take = n < PM_MSS ? n : PM_MSS;
+                uint8_t hdr[PM_HDR_LEN];
+
+                pm_hdr_encode(hdr, PM_CMD_PSH, (uint16_t)take, st->id);
+                evbuffer_add(lower_out(s), hdr, sizeof(hdr));
+                /* May move more of the user's output in; never calls
+                 * back (pair callbacks are deferred). */
+                evbuffer_remove_buffer(in, lower_out(s), take);
+                st->credits--;
+                s->bytes_sent += take;
+                mine_read_ctl(st);      /* may take more from the user */
+                n = evbuffer_get_length(in);
+            }
+            if (n == 0 && st->fin_wanted)
+                st_close(st);        /* may free st */
+            else
+                st_schedule(st);
+        }
+    } while (s->pump_again && !s->dead);
+    s->in_pump = 0;
+}
+
+/* ---- the session -------------------------------------------------------- */
+
+/* Ends every stream: queued ones are dropped, the others see EOF after
+ * what they hold (and why, if the session died).  Frees the lower pipe. */
+static void
+teardown(struct pm_session *s, const struct sl_error *why)
+{
+    while (s->acc_head != NULL) {
+        struct pm_stream *st = s->acc_head;
+
+        s->acc_head = st->acc_next;
+        st->queued = 0;
+        st_detach(st);
+        /* Never handed out: ours to free (stream_destroy frees st). */
+        s->h->pipe_free(st->pipe);
+    }
+    s->acc_tail = NULL;
+    s->acc_len = 0;
+    while (s->streams != NULL) {
+        struct pm_stream *st = s->streams;
+
+        st_detach(st);
+        if (st->pipe == NULL) {
+            st_free(st);
+            continue;
+        }
+        if (why != NULL && why->code != 0)
+            s->h->pipe_set_error(st->pipe, why);
+        give_eof(st);
+    }
+    if (s->lower != NULL) {
+        s->h->pipe_free(s->lower);
+        s->lower = NULL;
+        s->lbev = NULL;
+    }
+    event_del(s->ping_ev);
+}
+
+static void
+do_free(struct pm_session *s)
+{
+    s->dead = 1;
+    teardown(s, NULL);
+    event_free(s->ping_ev);
+    event_free(s->deliver_ev);
+    event_free(s->death_ev);
+    free(s->slots);
+    free(s->tq);
+    free(s->metadata);
+    free(s);
+}
+
+static void
+leave(struct pm_session *s)
+{
+    if (--s->busy == 0 && s->free_pending)
+        do_free(s);
+}
+
+/* The session dies (§11): logged here, reported from the loop. */
+static void
+die(struct pm_session *s, int code, const char *fmt, ...)
+{
+    char text[SL_ERROR_TEXT_MAX];
+    va_list ap;
+
+    if (s->dead)
+        return;
+    s->dead = 1;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    s->h->error_set(&s->why, code, LAYER, "%s", text);
+    s->h->log(code == SL_EPROTO ? SL_LOG_WARNING : SL_LOG_INFO, LAYER,
+              "session died: %s", text);
+    event_del(s->ping_ev);
+    event_active(s->death_ev, EV_TIMEOUT, 0);
+}
+
+static void
+death_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pm_session *s = arg;
+
+    (void)fd;
+    (void)what;
+    s->busy++;
+    teardown(s, &s->why);
+    if (s->on_dead != NULL && !s->free_pending)
+        s->on_dead(&s->why, s->arg);
+    leave(s);
+}
+
+/* Hands queued streams to on_stream, from the loop. */
+static void
+deliver_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pm_session *s = arg;
+
+    (void)fd;
+    (void)what;
+    s->busy++;
+    while (s->acc_head != NULL && !s->dead && !s->free_pending) {
+        struct pm_stream *st = s->acc_head;
+        unsigned char *meta = st->meta;
+        size_t len = st->meta_len;
+
+        s->acc_head = st->acc_next;
+        if (s->acc_head == NULL)
+            s->acc_tail = NULL;
+        s->acc_len--;
+        st->acc_next = NULL;
+        st->queued = 0;
+        st->meta = NULL;
+        st->delivering = 1;
+        if (s->on_stream != NULL)
+            s->on_stream(st->pipe, meta != NULL ? meta : (const void *)"",
+                         len, s->arg);
+        else
+            s->h->pipe_free(st->pipe);
+        free(meta);
+        st->delivering = 0;
+        if (st->pipe == NULL) {
+            /* Refused (freed) inside on_stream: FIN now. */
+            st_release(st);
+        } else if (st->eof_pending) {
+            st->eof_pending = 0;
+            give_eof(st);
+        }
+    }
+    if (!s->dead && !s->free_pending && s->read_paused)
+        process_input(s);
+    leave(s);
+}
+
+static void
+lower_readcb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    process_input(arg);
+}
+
+static void
+lower_writecb(struct bufferevent *bev, void *arg)
+{
+    struct pm_session *s = arg;
+
+    (void)bev;
+    if (s->dead)
+        return;
+    if (s->read_paused)
+        process_input(s);
+    pump(s);
+}
+
+static void
+lower_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct pm_session *s = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+
+    (void)bev;
+    if (s->dead)
+        return;
+    if (what & BEV_EVENT_ERROR) {
+        die(s, SL_ECLOSED, "the lower pipe failed: %s",
+            err != 0 ? strerror(err) : "error");
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        /* Frames that came before the end are handled first. */
+        s->lower_eof = 1;
+        process_input(s);
+    }
+}
+
+static int
+pm_session_new(void *cfg, struct event_base *base, struct sl_pipe *lower,
+               enum sl_role role, sl_stream_fn *on_stream,
+               sl_dead_fn *on_dead, void *arg, void **out,
+               struct sl_error *e)
+{
+    struct pm_cfg *c = cfg;
+    const struct sl_host *h = c->h;
+    struct pm_session *s = calloc(1, sizeof(*s));
+    size_t rhi;
+
+    (void)role;   /* symmetric: both ends run the same machine (§1) */
+    if (s == NULL)
+        goto nomem;
+    s->h = h;
+    s->base = base;
+    s->p = c->p;
+    s->on_stream = on_stream;
+    s->on_dead = on_dead;
+    s->arg = arg;
+    s->last_rtt_ms = -1;
+    if (c->metadata_len > 0) {
+        s->metadata = malloc(c->metadata_len);
+        if (s->metadata == NULL)
+            goto nomem;
+        memcpy(s->metadata, c->metadata, c->metadata_len);
+        s->metadata_len = c->metadata_len;
+    }
+    randombytes_buf(s->hkey, sizeof(s->hkey));
+    s->cap = TABLE_MIN;
+    s->slots = calloc(s->cap, sizeof(*s->slots));
+    s->ping_ev = evtimer_new(base, ping_fire, s);
+    s->deliver_ev = event_new(base, -1, 0, deliver_cb, s);
+    s->death_ev = event_new(base, -1, 0, death_cb, s);
+    if (s->slots == NULL || s->ping_ev == NULL || s->deliver_ev == NULL ||
+        s->death_ev == NULL)
+        goto nomem;
+    s->lower = lower;
+    s->lbev = h->pipe_get0_bev(lower);
+    s->out_hard = 2 * s->p.lower_buffer;
+    /* Room for whole frames in the input, whatever the layer below set. */
+    rhi = s->p.lower_buffer > 2 * PM_FRAME_MAX ? s->p.lower_buffer
+                                                : 2 * PM_FRAME_MAX;
+    bufferevent_setcb(s->lbev, lower_readcb, lower_writecb, lower_eventcb, s);
+    bufferevent_setwatermark(s->lbev, EV_READ, 0, rhi);
+    bufferevent_setwatermark(s->lbev, EV_WRITE, s->p.lower_buffer / 2, 0);
+    bufferevent_enable(s->lbev, EV_READ | EV_WRITE);
+    /* The first frame is a PING (§8). */
+    ping_send(s);
+    /* A handshake below may have left frames in the input. */
+    if (evbuffer_get_length(bufferevent_get_input(s->lbev)) > 0)
+        bufferevent_trigger(s->lbev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS |
+                                                  BEV_TRIG_DEFER_CALLBACKS);
+    *out = s;
+    return 0;
+nomem:
+    if (s != NULL) {
+        if (s->ping_ev != NULL)
+            event_free(s->ping_ev);
+        if (s->deliver_ev != NULL)
+            event_free(s->deliver_ev);
+        if (s->death_ev != NULL)
+            event_free(s->death_ev);
+        free(s->slots);
+        free(s->metadata);
+        free(s);
+    }
+    h->pipe_free(lower);
+    return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+}
+
+static int
+pm_open(void *session, const void *meta, size_t meta_len,
+        struct sl_pipe **stream, struct sl_error *e)
+{
+    struct pm_session *s = session;
+    const struct sl_host *h = s->h;
+    struct pm_stream *st;
+    uint32_t id = 0;
+    int tries;
+
+    if (s->dead || s->free_pending)
+        return h->error_set(e, SL_ECLOSED, LAYER, "session is dead%s%s",
+                            s->why.code ? ": " : "",
+                            s->why.code ? s->why.text : "");
+    if (meta_len == 0 && s->metadata_len > 0) {
+        meta = s->metadata;
+        meta_len = s->metadata_len;
+    }
+    /* Rust would truncate the length and desync the pipe (§4.1). */
+    if (meta_len > PM_BODY_MAX)
+        return h->error_set(e, SL_EINVAL, LAYER, "metadata of %zu bytes is "
+                            "longer than %u", meta_len, PM_BODY_MAX);
+    if (s->streams_open >= s->p.max_streams)
+        return h->error_set(e, SL_ELIMIT, LAYER, "%" PRIu32 " streams "
+                            "open, the max_streams bound",
+                            s->p.max_streams);
+    for (tries = 0; tries < ID_TRIES; tries++) {
+        randombytes_buf(&id, sizeof(id));
+        if (!id_reserved(s, id))
+            break;
+    }
+    if (tries == ID_TRIES)
+        return h->error_set(e, SL_ELIMIT, LAYER, "no free stream id");
+    st = st_new(s, id);
+    if (st == NULL)
+        return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    /* State first, then the SYN, in one step (§4.1). */
+    out_frame(s, PM_CMD_SYN, id, meta, meta_len);
+    ping_on_open(s);
+    *stream = st->pipe;
+    return 0;
+}
+
+static int
+pm_stats(void *session, struct sl_mux_stats *out)
+{
+    struct pm_session *s = session;
+    struct sl_mux_stats st;
+    size_t n = out->struct_size < sizeof(st) ? out->struct_size : sizeof(st);
+
+    memset(&st, 0, sizeof(st));
+    st.struct_size = out->struct_size;
+    st.streams_open = s->streams_open;
+    st.streams_total = s->streams_total;
+    st.bytes_sent = s->bytes_sent;
+    st.bytes_received = s->bytes_received;
+    st.last_rtt_ms = s->last_rtt_ms;
+    memcpy(out, &st, n);
+    return 0;
+}
+
+static void
+pm_session_free(void *session)
+{
+    struct pm_session *s = session;
+
+    if (s->busy > 0) {
+        /* Inside on_stream/on_dead: the outermost frame frees it. */
+        s->free_pending = 1;
+        s->on_stream = NULL;
+        s->on_dead = NULL;
+        return;
+    }
+    do_free(s);
+}
+
+/* ---- configuration ------------------------------------------------------ */
+
+static int
+pm_configure(const struct sl_host *h, void *plugin_ctx,
+             const struct sl_opts *o, void **out, struct sl_error *e)
+{
+    struct pm_cfg *c = calloc(1, sizeof(*c));
+    const char *meta = h->opt_str(o, "metadata");
+    size_t mlen = meta != NULL ? strlen(meta) : 0;
+
+    (void)plugin_ctx;
+    if (c == NULL)
+        return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    c->h = h;
+    c->p.ping_interval_ms = h->opt_int(o, "ping_interval");
+    c->p.ping_timeout_ms = h->opt_int(o, "ping_timeout");
+    c->p.max_streams = (uint32_t)h->opt_int(o, "max_streams");
+    c->p.accept_backlog = (uint32_t)h->opt_int(o, "accept_backlog");
+    c->p.window = (uint32_t)h->opt_int(o, "window");
+    c->p.stream_buffer = (size_t)h->opt_int(o, "stream_buffer");
+    c->p.lower_buffer = (size_t)h->opt_int(o, "lower_buffer");
+    c->p.debloat = h->opt_int(o, "debloat") != 0;
+    c->p.max_tombstones = (uint64_t)h->opt_int(o, "max_tombstones");
+    if (mlen > PM_BODY_MAX) {
+        free(c);
+        return h->error_set(e, SL_EINVAL, LAYER, "option 'metadata': %zu "
+                            "bytes, longer than %u", mlen, PM_BODY_MAX);
+    }
+    if (mlen > 0) {
+        c->metadata = malloc(mlen);
+        if (c->metadata == NULL) {
+            free(c);
+            return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+        }
+        memcpy(c->metadata, meta, mlen);
+        c->metadata_len = mlen;
+    }
+    *out = c;
+    return 0;
+}
+
+static void
+pm_unconfigure(void *cfg)
+{
+    struct pm_cfg *c = cfg;
+
+    if (c == NULL)
+        return;
+    free(c->metadata);
+    free(c);
+}
+
+static int
+pm_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
+{
+    (void)plugin_ctx;
+    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
+        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
+                            "running with %#x",
+                            (unsigned)LIBEVENT_VERSION_NUMBER,
+                            (unsigned)h->libevent_version);
+    if (sodium_init() < 0)
+        return h->error_set(e, SL_EINVAL, LAYER, "libsodium failed to "
+                            "initialise");
+    return 0;
+}
+
+static const struct sl_mux_ops pm_mux = {
+    .struct_size = sizeof(struct sl_mux_ops),
+    .session_new = pm_session_new,
+    .open = pm_open,
+    .stats = pm_stats,
+    .session_free = pm_session_free,
+};
+
+static const struct sl_layer_ops pm_layer = {
+    .struct_size = sizeof(struct sl_layer_ops),
+    .name = LAYER,
+    .summary = "Geph5 picomux: many streams over one pipe",
+    .kind = SL_KIND_MUX,
+    .consumes = SL_IO_PIPE,
+    .produces = SL_IO_SESSION,
+    .flags = 0,
+    .opts = pm_opts,
+    .configure = pm_configure,
+    .unconfigure = pm_unconfigure,
+    .mux = &pm_mux,
+};
+
+static const struct sl_layer_ops *const pm_layers[] = { &pm_layer, NULL };
+
+SL_PLUGIN_DEFINE(picomux, "picomux stream multiplexer (Geph5)",
+                 PACKAGE_VERSION, "ISC", "sillad", pm_layers, pm_init, NULL)
