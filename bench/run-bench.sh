@@ -31,16 +31,26 @@ plain() {
     wait "$pid"
 }
 
-sillad_tcp() {
+# sillad_over "LAYERS": one transfer through sillad-cat over tcp|LAYERS.
+sillad_over() {
+    local layers=$1
     rm -f "$tmp/addr"
-    "$b/tools/sillad-cat" -q listen 'tcp addr=127.0.0.1:0' \
-        --addr-file "$tmp/addr" >/dev/null &
+    ( "$b/tools/sillad-cat" -q listen "tcp addr=127.0.0.1:0$layers" \
+        --addr-file "$tmp/addr" </dev/null | wc -c > "$tmp/count" ) &
     local pid=$!
     while [ ! -s "$tmp/addr" ]; do sleep 0.01; done
     head -c "${size_mib}M" /dev/zero |
-        "$b/tools/sillad-cat" -q dial "tcp addr=$(cat "$tmp/addr")"
+        "$b/tools/sillad-cat" -q dial "tcp addr=$(cat "$tmp/addr")$layers"
     wait "$pid"
+    # A figure for a transfer that lost bytes would be a lie.
+    if [ "$(cat "$tmp/count")" != "$((size_mib * 1048576))" ]; then
+        echo "bench: tcp$layers delivered $(cat "$tmp/count") bytes, not" \
+            "$((size_mib * 1048576))" >&2
+        exit 1
+    fi
 }
+sillad_tcp() { sillad_over ""; }
+sillad_picomux() { sillad_over " | picomux"; }
 
 echo "sillad bench: ${size_mib} MiB per transfer, median of $rounds rounds, loopback"
 base=$(measure plain)
@@ -48,6 +58,12 @@ tcp=$(measure sillad_tcp)
 printf '%-40s %10.1f MiB/s\n' "baseline: plain socket copy" "$base"
 printf '%-40s %10.1f MiB/s   ratio %.2f\n' "sillad-cat over tcp" "$tcp" \
     "$(echo "$tcp / $base" | bc -l)"
+if [ -e "$b/plugins/.libs/picomux.so" ]; then
+    pm=$(measure sillad_picomux)
+    printf '%-40s %10.1f MiB/s   ratio %.2f to sillad tcp, %.2f to plain\n' \
+        "sillad-cat over tcp|picomux (1 stream)" "$pm" \
+        "$(echo "$pm / $tcp" | bc -l)" "$(echo "$pm / $base" | bc -l)"
+fi
 for extra in "$b"/bench/bench-*; do
     [ -x "$extra" ] || continue
     echo

@@ -42,6 +42,7 @@ struct app {
     struct sl_session *io_sess;
     struct event *in_ev;
     int in_regular, in_eof, in_paused, peer_eof;
+    int half_close;     /* the io pipe can end one direction only */
     int exit_code;
     long echo_conns;
     struct echo_conn *echoes;
@@ -129,9 +130,13 @@ in_read(evutil_socket_t fd, short what, void *arg)
             sl_log(SL_LOG_ERR, "", "stdin: %s", strerror(errno));
         a->in_eof = 1;
         event_del(a->in_ev);
-        /* Half-close where the stack supports it; the reply keeps
-         * coming until the peer closes. */
-        sl_pipe_shutdown_write(a->io_pipe);
+        /* Half-close where the stack supports it: the reply keeps coming
+         * until the peer closes.  A mux stream has no half-close: ending
+         * it is a full close, which the dialing side wants (it has sent
+         * everything) and the listening side does not (its empty stdin
+         * would cut the stream before the data arrives). */
+        if (a->half_close || !a->listening)
+            sl_pipe_shutdown_write(a->io_pipe);
         io_maybe_done(a);
         return;
     }
@@ -359,6 +364,7 @@ on_stream(struct sl_session *s, struct sl_pipe *stream, const void *meta,
         sl_pipe_free(stream);   /* stdio is busy with one stream */
         return;
     }
+    a->half_close = 0;
     if (start_io(a, stream) != 0)
         stop(a, 1);
 }
@@ -408,6 +414,7 @@ on_accept(struct sl_pipe *p, struct sl_session *s, const struct sl_error *err,
         sl_pipe_free(p);
         return;
     }
+    a->half_close = 1;
     if (start_io(a, p) != 0)
         stop(a, 1);
 }
@@ -439,6 +446,7 @@ on_dialed(struct sl_pipe *p, struct sl_session *s, const struct sl_error *err,
             return;
         }
     }
+    a->half_close = s == NULL;
     if (start_io(a, p) != 0)
         stop(a, 1);
 }
