@@ -23,7 +23,8 @@
  * end behaves exactly like a tcp pipe.
  *
  * Bounds (backpressure is watermarks only): XORing into mine.output stops
- * at read_buffer bytes and resumes when the user has read half of them;
+ * at read_buffer bytes and resumes when the user has read half of them
+ * (meanwhile the lower pipe holds at most read_buffer bytes for us);
  * XORing into the lower output stops at TX_QUEUE bytes and resumes when
  * half of them have left; the pair moves at most TX_PULL bytes of the
  * user's output to us at a time.
@@ -535,6 +536,8 @@ xor_wrap(void *cfg, struct event_base *base, struct sl_pipe *lower,
      * its callbacks at once means no EOF or error of it is lost. */
     bufferevent_setcb(xp->lbev, lower_readcb, lower_writecb, lower_eventcb,
                       xp);
+    /* As its user we bound what it holds for us while we wait, too. */
+    bufferevent_setwatermark(xp->lbev, EV_READ, 0, xp->read_buffer);
     bufferevent_setwatermark(xp->lbev, EV_WRITE, TX_QUEUE / 2, 0);
     bufferevent_enable(xp->lbev, EV_READ | EV_WRITE);
 

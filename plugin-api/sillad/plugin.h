@@ -19,6 +19,8 @@
  *     refuses a plugin whose minor is newer than its own, and reads only the
  *     fields that fit in a plugin's struct_size.
  *   - Numbers are never reused; retired ones stay as comments.
+ *   - The static inline helpers near the end compile into each plugin and
+ *     add no symbol or layout, so adding one needs no minor bump.
  *
  * Threading: every call into a layer, and every callback a layer makes, runs
  * on the thread of the event_base the object belongs to.  Layers keep no
