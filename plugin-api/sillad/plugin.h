@@ -19,6 +19,8 @@
  *     refuses a plugin whose minor is newer than its own, and reads only the
  *     fields that fit in a plugin's struct_size.
  *   - Numbers are never reused; retired ones stay as comments.
+ *   - The static inline helpers near the end compile into each plugin and
+ *     add no symbol or layout, so adding one needs no minor bump.
  *
  * Threading: every call into a layer, and every callback a layer makes, runs
  * on the thread of the event_base the object belongs to.  Layers keep no
@@ -29,6 +31,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -408,6 +411,78 @@ struct sl_plugin {
     /* Called at core shutdown.  May be NULL. */
     void (*teardown)(void *plugin_ctx);
 };
+
+/* ------------------------------------------------------------------------
+ * Helpers for plugins (Since ABI 1.0)
+ *
+ * These are static inline functions and macros: they compile into the
+ * plugin, add no symbol to either side and change no layout, so adding
+ * them, or more like them, needs no ABI minor bump, and a plugin that
+ * uses them runs on every core of major 1.  Names ending in "_" are
+ * their internals; call the documented names.
+ */
+
+/*
+ * sl_check_libevent(h, layer, e)
+ *
+ * For init(): returns 0 when the libevent the core runs with
+ * (h->libevent_version) has the major and minor version of the
+ * LIBEVENT_VERSION_NUMBER the plugin is compiled against; otherwise sets
+ * *e (SL_EABI, naming layer and both versions) and returns SL_EABI.
+ * Bufferevents cross the ABI, so the two must agree.  A macro so that
+ * LIBEVENT_VERSION_NUMBER is read where the plugin calls it: include
+ * <event2/event.h> first.  Never calls back.
+ */
+#define sl_check_libevent(h, layer, e)                                       \
+    sl_check_libevent_version_((h), (layer),                                 \
+                               (uint32_t)(LIBEVENT_VERSION_NUMBER), (e))
+
+static inline int
+sl_check_libevent_version_(const struct sl_host *h, const char *layer,
+                           uint32_t built, struct sl_error *e)
+{
+    uint32_t running = h->libevent_version;
+
+    /* 0xMMmmpp00: major, minor, patch; the patch level may differ. */
+    if ((running >> 16) == (built >> 16))
+        return 0;
+    return h->error_set(e, SL_EABI, layer, "built for libevent %u.%u "
+                        "(%#x), but sillad runs libevent %u.%u (%#x): "
+                        "rebuild the plugin against it",
+                        (unsigned)(built >> 24),
+                        (unsigned)((built >> 16) & 0xff), (unsigned)built,
+                        (unsigned)(running >> 24),
+                        (unsigned)((running >> 16) & 0xff),
+                        (unsigned)running);
+}
+
+/*
+ * sl_query_answer_bytes(out, len, data, n)
+ * sl_query_answer_str(out, len, text)
+ *
+ * Answer a property query (sl_pipe_ops.query, sl_layer_ops.listener_query)
+ * with the n bytes at data, or with text and its terminating NUL: copy the
+ * answer into out and set *len to its length, and return 0; or return
+ * SL_EINVAL, leaving out and *len untouched, when *len (the room in out)
+ * is smaller than the answer.  data and text are only read during the
+ * call.  Never call back.
+ */
+static inline int
+sl_query_answer_bytes(void *out, size_t *len, const void *data, size_t n)
+{
+    if (*len < n)
+        return SL_EINVAL;
+    if (n > 0)
+        memcpy(out, data, n);
+    *len = n;
+    return 0;
+}
+
+static inline int
+sl_query_answer_str(void *out, size_t *len, const char *text)
+{
+    return sl_query_answer_bytes(out, len, text, strlen(text) + 1);
+}
 
 typedef const struct sl_plugin *sl_describe_fn(void);
 

@@ -165,7 +165,6 @@ mem_query(void *layer_ctx, int what, void *out, size_t *len)
 {
     struct mem_end *me = layer_ctx;
     const char *text;
-    size_t n;
 
     switch (what) {
     case SL_Q_REMOTE_ADDR:
@@ -180,12 +179,7 @@ mem_query(void *layer_ctx, int what, void *out, size_t *len)
     default:
         return SL_ENOTSUP;
     }
-    n = strlen(text) + 1;
-    if (*len < n)
-        return SL_EINVAL;
-    memcpy(out, text, n);
-    *len = n;
-    return 0;
+    return sl_query_answer_str(out, len, text);
 }
 
 static int
@@ -499,16 +493,11 @@ mem_listener_query(void *listener, int what, void *out, size_t *len)
 {
     struct mem_listener *l = listener;
     char buf[NAME_MAX_LEN + 8];
-    int n;
 
     if (what != SL_Q_LOCAL_ADDR)
         return SL_ENOTSUP;
-    n = snprintf(buf, sizeof(buf), "%s:%u", l->name, l->port);
-    if (*len < (size_t)n + 1)
-        return SL_EINVAL;
-    memcpy(out, buf, (size_t)n + 1);
-    *len = (size_t)n + 1;
-    return 0;
+    snprintf(buf, sizeof(buf), "%s:%u", l->name, l->port);
+    return sl_query_answer_str(out, len, buf);
 }
 
 static void
@@ -531,12 +520,10 @@ static int
 mem_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
 {
     struct mem_registry *reg;
+    int r;
 
-    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
-        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
-                            "running with %#x",
-                            (unsigned)LIBEVENT_VERSION_NUMBER,
-                            (unsigned)h->libevent_version);
+    if ((r = sl_check_libevent(h, LAYER, e)) != 0)
+        return r;
     reg = calloc(1, sizeof(*reg));
     if (reg == NULL)
         return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");

@@ -210,7 +210,7 @@ tcp_query(void *layer_ctx, int what, void *out, size_t *len)
     socklen_t sl = sizeof(ss);
     char local[64];
     const char *text = NULL;
-    size_t n;
+    int fd;
 
     switch (what) {
     case SL_Q_REMOTE_ADDR:
@@ -223,21 +223,13 @@ tcp_query(void *layer_ctx, int what, void *out, size_t *len)
         text = local;
         break;
     case SL_Q_FD:
-        if (*len < sizeof(int))
-            return SL_EINVAL;
-        *(int *)out = (int)tp->fd;
-        *len = sizeof(int);
-        return 0;
+        fd = (int)tp->fd;
+        return sl_query_answer_bytes(out, len, &fd, sizeof(fd));
     default:
         /* The core answers SL_Q_PROTOCOL with the layer name, "tcp". */
         return SL_ENOTSUP;
     }
-    n = strlen(text) + 1;
-    if (*len < n)
-        return SL_EINVAL;
-    memcpy(out, text, n);
-    *len = n;
-    return 0;
+    return sl_query_answer_str(out, len, text);
 }
 
 static void
@@ -899,7 +891,6 @@ tcp_listener_query(void *listener, int what, void *out, size_t *len)
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
     char buf[64];
-    size_t n;
 
     if (what != SL_Q_LOCAL_ADDR)
         return SL_ENOTSUP;
@@ -907,12 +898,7 @@ tcp_listener_query(void *listener, int what, void *out, size_t *len)
                     &sl) != 0)
         return SL_ESYS;
     format_addr((struct sockaddr *)&ss, buf, sizeof(buf));
-    n = strlen(buf) + 1;
-    if (*len < n)
-        return SL_EINVAL;
-    memcpy(out, buf, n);
-    *len = n;
-    return 0;
+    return sl_query_answer_str(out, len, buf);
 }
 
 static void
@@ -931,12 +917,7 @@ tcp_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
     (void)plugin_ctx;
     /* Bufferevents cross the ABI: the loop must be the libevent we were
      * built against, to the minor version. */
-    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
-        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
-                            "running with %#x",
-                            (unsigned)LIBEVENT_VERSION_NUMBER,
-                            (unsigned)h->libevent_version);
-    return 0;
+    return sl_check_libevent(h, LAYER, e);
 }
 
 static const struct sl_layer_ops tcp_layer = {

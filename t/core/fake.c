@@ -88,15 +88,10 @@ static int
 fquery(void *ctx, int what, void *out, size_t *len)
 {
     struct fpipe *fp = ctx;
-    size_t n = strlen(fp->name) + 1;
 
     if (what != SL_Q_REMOTE_ADDR)
         return SL_ENOTSUP;
-    if (*len < n)
-        return SL_EINVAL;
-    memcpy(out, fp->name, n);
-    *len = n;
-    return 0;
+    return sl_query_answer_str(out, len, fp->name);
 }
 
 static void
@@ -301,12 +296,21 @@ static const struct sl_layer_ops fmux = {
     .configure = fconfigure, .unconfigure = funconfigure, .mux = &fmux_ops,
 };
 
+/* Refuses to run with another libevent major.minor, as every plugin
+ * must; the tests run this through the loader's init path too. */
+static int
+finit(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
+{
+    (void)plugin_ctx;
+    return sl_check_libevent(h, "fake", e);
+}
+
 static const struct sl_layer_ops *const fake_layers[] = {
     &fbase, &fwrapl, &fmux, NULL,
 };
 
 SL_PLUGIN_DEFINE(fake, "test layers", "1", "ISC", "tests", fake_layers,
-                 NULL, NULL)
+                 finit, NULL)
 
 void
 fake_register(void)
