@@ -36,7 +36,7 @@ static void *wh_plugin_ctx;
 typedef bool wh_cond_fn(void *arg);
 
 /* Runs the loop in 2 ms slices until cond holds or ms pass. */
-static bool
+static inline bool
 wh_run_until(wh_cond_fn *cond, void *arg, int ms)
 {
     int64_t end = sl_now_ms() + ms;
@@ -51,14 +51,14 @@ wh_run_until(wh_cond_fn *cond, void *arg, int ms)
     return true;
 }
 
-static bool
+static inline bool
 wh_never(void *arg)
 {
     (void)arg;
     return false;
 }
 
-static void
+static inline void
 wh_run_for(int ms)
 {
     wh_run_until(wh_never, NULL, ms);
@@ -68,7 +68,7 @@ wh_run_for(int ms)
 
 /* A configured layer from "key", "value" pairs (NULL-terminated); NULL,
  * with *e set, when the options or configure refuse them. */
-static void *
+static inline void *
 wh_cfg_v(struct sl_error *e, va_list ap)
 {
     struct sl_opts *o = sl_opts_new();
@@ -88,7 +88,7 @@ wh_cfg_v(struct sl_error *e, va_list ap)
     return r == 0 ? cfg : NULL;
 }
 
-static void *
+static inline void *
 wh_cfg_try(struct sl_error *e, ...)
 {
     va_list ap;
@@ -101,7 +101,7 @@ wh_cfg_try(struct sl_error *e, ...)
 }
 
 /* The same, asserting that it works. */
-static void *
+static inline void *
 wh_cfg(const char *first, ...)
 {
     struct sl_error e;
@@ -148,7 +148,7 @@ struct wh_wres {
     struct sl_error err;
 };
 
-static void
+static inline void
 wh_wrap_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
 {
     struct wh_wres *w = arg;
@@ -163,13 +163,13 @@ wh_wrap_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
         w->err = *err;
 }
 
-static bool
+static inline bool
 wh_wres_called(void *arg)
 {
     return ((struct wh_wres *)arg)->calls > 0;
 }
 
-static void
+static inline void
 wh_start_wrap(void *cfg, struct sl_pipe *lower, enum sl_role role,
               struct wh_wres *w, void **op)
 {
@@ -191,7 +191,7 @@ struct wh_user {
     bool eof, error;
 };
 
-static void
+static inline void
 wh_user_read(struct bufferevent *bev, void *arg)
 {
     struct wh_user *u = arg;
@@ -199,7 +199,7 @@ wh_user_read(struct bufferevent *bev, void *arg)
     evbuffer_add_buffer(u->in, bufferevent_get_input(bev));
 }
 
-static void
+static inline void
 wh_user_event(struct bufferevent *bev, short what, void *arg)
 {
     struct wh_user *u = arg;
@@ -211,7 +211,7 @@ wh_user_event(struct bufferevent *bev, short what, void *arg)
         u->error = true;
 }
 
-static void
+static inline void
 wh_user_attach(struct wh_user *u, struct sl_pipe *p)
 {
     memset(u, 0, sizeof(*u));
@@ -220,7 +220,7 @@ wh_user_attach(struct wh_user *u, struct sl_pipe *p)
     bufferevent_enable(sl_pipe_get0_bev(p), EV_READ | EV_WRITE);
 }
 
-static void
+static inline void
 wh_user_free(struct wh_user *u)
 {
     evbuffer_free(u->in);
@@ -232,7 +232,7 @@ struct wh_want {
     size_t n;
 };
 
-static bool
+static inline bool
 wh_user_has(void *arg)
 {
     struct wh_want *w = arg;
@@ -241,7 +241,7 @@ wh_user_has(void *arg)
            w->u->eof;
 }
 
-static bool
+static inline bool
 wh_user_ended(void *arg)
 {
     struct wh_user *u = arg;
@@ -250,7 +250,7 @@ wh_user_ended(void *arg)
 }
 
 /* Waits for n bytes from the pipe and checks they equal want. */
-static void
+static inline void
 wh_user_expect(struct wh_user *u, const void *want, size_t n)
 {
     struct wh_want w = { u, n };
@@ -275,7 +275,7 @@ struct wh_raw {
     bool eof, reset;
 };
 
-static void
+static inline void
 wh_raw_bev_event(struct bufferevent *bev, short what, void *arg)
 {
     struct wh_raw *r = arg;
@@ -285,7 +285,7 @@ wh_raw_bev_event(struct bufferevent *bev, short what, void *arg)
         r->eof = true;
 }
 
-static void
+static inline void
 wh_raw_pump(struct wh_raw *r)
 {
     if (r->kind == WH_RAW_BEV) {
@@ -308,7 +308,7 @@ wh_raw_pump(struct wh_raw *r)
 }
 
 /* The lower pipe's end of its send direction, as tcp would do it. */
-static int
+static inline int
 wh_raw_lower_shutdown(void *layer_ctx, struct sl_pipe *p)
 {
     struct bufferevent *bev = sl_pipe_get0_bev(p);
@@ -327,7 +327,7 @@ static const struct sl_pipe_ops wh_raw_lower_ops = {
 };
 
 /* A lower pipe for the layer, and the raw end facing it. */
-static struct sl_pipe *
+static inline struct sl_pipe *
 wh_raw_new(struct wh_raw *r, enum wh_raw_kind kind)
 {
     struct bufferevent *bev;
@@ -357,7 +357,7 @@ wh_raw_new(struct wh_raw *r, enum wh_raw_kind kind)
     return sl_pipe_new("raw", bev, NULL, &wh_raw_lower_ops, NULL);
 }
 
-static void
+static inline void
 wh_raw_free(struct wh_raw *r)
 {
     if (r->fd >= 0)
@@ -369,7 +369,7 @@ wh_raw_free(struct wh_raw *r)
     r->fd = -1;
 }
 
-static void
+static inline void
 wh_raw_write(struct wh_raw *r, const void *data, size_t n)
 {
     if (r->kind == WH_RAW_BEV) {
@@ -389,13 +389,13 @@ wh_raw_write(struct wh_raw *r, const void *data, size_t n)
     }
 }
 
-static void
+static inline void
 wh_raw_writes(struct wh_raw *r, const char *s)
 {
     wh_raw_write(r, s, strlen(s));
 }
 
-static void
+static inline void
 wh_raw_shutdown(struct wh_raw *r)
 {
     if (r->kind == WH_RAW_BEV)
@@ -409,7 +409,7 @@ struct wh_raw_want {
     size_t n;
 };
 
-static bool
+static inline bool
 wh_raw_has(void *arg)
 {
     struct wh_raw_want *w = arg;
@@ -418,7 +418,7 @@ wh_raw_has(void *arg)
     return evbuffer_get_length(w->r->acc) >= w->n || w->r->eof;
 }
 
-static bool
+static inline bool
 wh_raw_closed(void *arg)
 {
     struct wh_raw *r = arg;
@@ -428,7 +428,7 @@ wh_raw_closed(void *arg)
 }
 
 /* Waits for n bytes and takes them into out; false if they never came. */
-static bool
+static inline bool
 wh_raw_read(struct wh_raw *r, void *out, size_t n)
 {
     struct wh_raw_want w = { r, n };
@@ -441,7 +441,7 @@ wh_raw_read(struct wh_raw *r, void *out, size_t n)
 }
 
 /* Waits for the text want (exactly, and nothing more for a moment). */
-static void
+static inline void
 wh_raw_expect(struct wh_raw *r, const char *want)
 {
     size_t n = strlen(want);
