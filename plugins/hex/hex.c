@@ -1,0 +1,645 @@
+/* hex.c - the hex wrap layer: every byte travels as two ASCII hex digits.
+ *
+ * Byte-compatible with Geph5's sillad-hex (see sillad-hex(7)).  There is
+ * no handshake and no framing, and the two directions are independent:
+ *
+ *   sending    each byte becomes two lowercase hex digits;
+ *   receiving  digits of either case are decoded a pair at a time; an odd
+ *              digit waits for its partner; any other character ends the
+ *              receive direction (the reader sees EOF, sending goes on).
+ *
+ * It is also the smallest complete example of a wrap layer that changes
+ * the bytes it carries, so it is commented for plugin authors.  The shape
+ * (the same as sosistab3's record path, which explains the choice): the
+ * pipe handed up is one end of a bufferevent pair, the "user" end; this
+ * layer drives the other end, "mine":
+ *
+ *   lower input  -> decode -> mine.output -> (pair) -> user input
+ *   user output  -> (pair) -> mine.input -> encode -> lower output
+ *
+ * Bounds: decoding stops while mine.output holds read_buffer bytes and
+ * resumes from mine's write callback at half of that; encoding stops while
+ * the lower output holds TX_QUEUE bytes and resumes from the lower's write
+ * callback at half of that.
+ *
+ * Re-entrancy: pairs defer their callbacks, so the user never runs inside
+ * this code, but a layer below may call back at once (an error from inside
+ * a write).  Entry points count themselves in busy, a destroy under busy
+ * only marks the pipe dead, and the pumps guard against their own
+ * recursion.
+ */
+#include "config.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "hex-codec.h"
+#include "sillad/plugin.h"
+
+#define LAYER "hex"
+#define TX_CHUNK 8192              /* bytes encoded at a time, as Rust */
+#define TX_QUEUE (256 * 1024)      /* encoded bytes waiting below */
+#define RX_BATCH (64 * 1024)       /* digits decoded at a time */
+#define OWED_RETRY_MS 1            /* retry an event the user cannot get, */
+#define OWED_RETRY_MAX_MS 1000     /* backing off up to this */
+
+/* ---- the pipe -------------------------------------------------------------- */
+
+struct hex_pipe {
+    const struct sl_host *h;
+    struct sl_pipe *pipe;         /* ours, for pipe_set_error */
+    struct sl_pipe *lower;        /* owned by pipe */
+    struct bufferevent *lbev;     /* the lower pipe's */
+    struct bufferevent *mine;     /* our end of the pair */
+    struct bufferevent *user;     /* its partner, the pipe's bufferevent */
+    struct event *owed_ev;        /* retries events the user cannot get */
+    size_t read_buffer;
+    uint64_t received;            /* digits decoded, for error offsets */
+    short owed;                   /* events waiting for an event callback */
+    int owed_ms;
+    int busy;                     /* entry points on the stack */
+    unsigned dead : 1;            /* destroyed while busy */
+    unsigned rx_busy : 1, rx_again : 1;
+    unsigned tx_busy : 1, tx_again : 1;
+    unsigned lower_eof : 1;       /* the peer ended its send direction */
+    unsigned rx_ended : 1;        /* EOF or a bad character below */
+    unsigned eof_done : 1, err_done : 1;
+    unsigned shut_pending : 1, shut_done : 1;
+};
+
+struct hex_cfg {
+    const struct sl_host *h;
+    size_t read_buffer;
+};
+
+static const struct sl_opt_spec hex_opts[] = {
+    { "read_buffer", SL_OPT_SIZE, 0, "256k",
+      "stop decoding while this much waits for the reader", NULL, 4096,
+      1073741824 },
+    { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
+};
+
+static void
+hp_free(struct hex_pipe *hp)
+{
+    if (hp->owed_ev != NULL)
+        event_free(hp->owed_ev);
+    if (hp->mine != NULL)
+        bufferevent_free(hp->mine);
+    free(hp);
+}
+
+/* Ends an entry point; frees a pipe destroyed meanwhile.  True if gone. */
+static bool
+leave(struct hex_pipe *hp)
+{
+    if (--hp->busy == 0 && hp->dead) {
+        hp_free(hp);
+        return true;
+    }
+    return false;
+}
+
+/* libevent drops events for a bufferevent without an event callback, and
+ * the user sets its callbacks only once the pipe is handed up: an event
+ * found before that is kept and retried, backing off. */
+static bool
+user_listens(struct hex_pipe *hp)
+{
+    bufferevent_event_cb cb = NULL;
+
+    bufferevent_getcb(hp->user, NULL, NULL, &cb, NULL);
+    return cb != NULL;
+}
+
+static void
+owe(struct hex_pipe *hp, short what)
+{
+    struct timeval tv;
+
+    hp->owed |= what;
+    if (evtimer_pending(hp->owed_ev, NULL))
+        return;
+    hp->owed_ms = hp->owed_ms == 0 ? OWED_RETRY_MS : hp->owed_ms * 2;
+    if (hp->owed_ms > OWED_RETRY_MAX_MS)
+        hp->owed_ms = OWED_RETRY_MAX_MS;
+    tv.tv_sec = hp->owed_ms / 1000;
+    tv.tv_usec = (hp->owed_ms % 1000) * 1000;
+    evtimer_add(hp->owed_ev, &tv);
+}
+
+/* EOF to the user, after every byte already decoded. */
+static void
+deliver_eof(struct hex_pipe *hp)
+{
+    if (hp->eof_done)
+        return;
+    if (!user_listens(hp)) {
+        owe(hp, BEV_EVENT_EOF | BEV_EVENT_READING);
+        return;
+    }
+    hp->eof_done = 1;
+    /* Moves mine.output on regardless of watermarks, then reports EOF. */
+    bufferevent_flush(hp->mine, EV_WRITE, BEV_FINISHED);
+}
+
+static void
+deliver_error(struct hex_pipe *hp, short what)
+{
+    if (hp->err_done)
+        return;
+    if (!user_listens(hp)) {
+        owe(hp, what);
+        return;
+    }
+    hp->err_done = 1;
+    bufferevent_trigger_event(hp->user, what, 0);
+}
+
+static void
+owed_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct hex_pipe *hp = arg;
+    short owed = hp->owed;
+
+    (void)fd;
+    (void)what;
+    if (!user_listens(hp)) {
+        owe(hp, 0);
+        return;
+    }
+    hp->owed = 0;
+    hp->owed_ms = 0;
+    hp->busy++;
+    if (owed & BEV_EVENT_EOF)
+        deliver_eof(hp);
+    if (!hp->dead && (owed & BEV_EVENT_ERROR))
+        deliver_error(hp, owed & ~BEV_EVENT_EOF);
+    leave(hp);
+}
+
+/*
+ * Decodes what the lower input holds into mine.output.  Returns false when
+ * the receive direction has ended (or the pipe died).
+ */
+static bool
+rx_decode(struct hex_pipe *hp)
+{
+    struct evbuffer *src = bufferevent_get_input(hp->lbev);
+    struct evbuffer *dst = bufferevent_get_output(hp->mine);
+    struct sl_error e;
+    uint8_t badc;
+
+    for (;;) {
+        size_t have = evbuffer_get_length(src), take, bad, n;
+        struct evbuffer_iovec room;
+        const char *digits;
+
+        /* After the peer's EOF nothing more comes: decode it all (the
+         * lower's read watermark bounded it). */
+        if (!hp->lower_eof && evbuffer_get_length(dst) >= hp->read_buffer)
+            return true;              /* mine_writecb resumes */
+        if (have == 0)
+            return true;
+        /* Whole pairs only; an odd last digit waits for its partner (but
+         * is still checked, so that a bad one ends things now). */
+        take = have < RX_BATCH ? have : RX_BATCH;
+        if ((digits = (const char *)evbuffer_pullup(src, (ev_ssize_t)take))
+            == NULL ||
+            evbuffer_reserve_space(dst, (ev_ssize_t)(take / 2 + 1), &room,
+                                   1) < 1)
+            goto nomem;
+        n = hex_decode(digits, take, room.iov_base, &bad);
+        badc = bad < take ? (uint8_t)digits[bad] : 0;
+        room.iov_len = n;
+        /* Consume, then deliver: the commit may run callbacks below. */
+        evbuffer_drain(src, 2 * n);
+        hp->received += 2 * n;
+        evbuffer_commit_space(dst, &room, 1);
+        if (hp->dead)
+            return false;
+        if (bad < take)
+            break;
+        if (take < 2)
+            return true;
+    }
+    /* As in Rust, the receive direction just ends: the peer is told
+     * nothing, the reader sees EOF after the bytes before the bad one, and
+     * the log says why. */
+    hp->h->log(SL_LOG_INFO, LAYER, "byte 0x%02x after %llu hex digits is not "
+               "a hex digit; receive direction ended", badc,
+               (unsigned long long)hp->received);
+    hp->rx_ended = 1;
+    bufferevent_disable(hp->lbev, EV_READ);
+    deliver_eof(hp);
+    return false;
+nomem:
+    memset(&e, 0, sizeof(e));
+    hp->h->error_set(&e, SL_ENOMEM, LAYER, "out of memory decoding");
+    hp->h->pipe_set_error(hp->pipe, &e);
+    hp->rx_ended = 1;
+    bufferevent_disable(hp->lbev, EV_READ);
+    deliver_error(hp, BEV_EVENT_READING | BEV_EVENT_ERROR);
+    return false;
+}
+
+/* Decodes what waits below; loops again when re-entered. */
+static void
+rx_pump(struct hex_pipe *hp)
+{
+    bool more;
+
+    if (hp->dead || hp->rx_ended)
+        return;
+    if (hp->rx_busy) {
+        hp->rx_again = 1;
+        return;
+    }
+    hp->rx_busy = 1;
+    do {
+        hp->rx_again = 0;
+        more = rx_decode(hp);
+    } while (more && hp->rx_again);
+    if (hp->dead)
+        return;
+    hp->rx_busy = 0;
+    if (more && hp->lower_eof) {
+        /* An odd digit left at EOF never gets its partner: dropped. */
+        hp->rx_ended = 1;
+        deliver_eof(hp);
+    }
+}
+
+/* After the user shut down and everything it wrote is encoded: shut down
+ * the pipe below (Rust never does, which a Rust peer cannot tell from a
+ * close of the whole connection). */
+static void
+maybe_shutdown(struct hex_pipe *hp)
+{
+    if (!hp->shut_pending || hp->shut_done || hp->dead ||
+        evbuffer_get_length(bufferevent_get_input(hp->mine)) > 0)
+        return;
+    hp->shut_done = 1;
+    hp->h->pipe_shutdown_write(hp->lower);
+}
+
+/* Encodes what the user wrote into the lower output, TX_CHUNK at a time,
+ * while the lower output has room.  Returns false if the pipe died. */
+static bool
+tx_encode(struct hex_pipe *hp)
+{
+    struct evbuffer *src = bufferevent_get_input(hp->mine);
+    struct evbuffer *dst = bufferevent_get_output(hp->lbev);
+    size_t len;
+
+    while ((len = evbuffer_get_length(src)) > 0 &&
+           evbuffer_get_length(dst) < TX_QUEUE) {
+        size_t n = len < TX_CHUNK ? len : TX_CHUNK;
+        struct evbuffer_iovec room;
+        const uint8_t *bytes = evbuffer_pullup(src, (ev_ssize_t)n);
+
+        if (bytes == NULL ||
+            evbuffer_reserve_space(dst, (ev_ssize_t)(2 * n), &room, 1) < 1) {
+            struct sl_error e;
+
+            memset(&e, 0, sizeof(e));
+            hp->h->error_set(&e, SL_ENOMEM, LAYER, "out of memory encoding");
+            hp->h->pipe_set_error(hp->pipe, &e);
+            deliver_error(hp, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
+            return false;
+        }
+        hex_encode(bytes, n, room.iov_base);
+        room.iov_len = 2 * n;
+        /* Encoded bytes reach the lower output before the user's leave
+         * mine.input, so a shutdown waiting for the latter never
+         * overtakes them.  Either step may call back. */
+        evbuffer_commit_space(dst, &room, 1);
+        if (hp->dead)
+            return false;
+        evbuffer_drain(src, n);
+        if (hp->dead)
+            return false;
+    }
+    return true;
+}
+
+static void
+tx_pump(struct hex_pipe *hp)
+{
+    bool ok;
+
+    if (hp->dead || hp->err_done)
+        return;
+    if (hp->tx_busy) {
+        hp->tx_again = 1;
+        return;
+    }
+    hp->tx_busy = 1;
+    do {
+        hp->tx_again = 0;
+        ok = tx_encode(hp);
+    } while (ok && hp->tx_again);
+    if (hp->dead)
+        return;
+    hp->tx_busy = 0;
+    if (ok)
+        maybe_shutdown(hp);
+}
+
+/* The four callbacks: lower read/write/event, and mine's read (the user
+ * wrote) and write (the user read). */
+static void
+lower_readcb(struct bufferevent *bev, void *arg)
+{
+    struct hex_pipe *hp = arg;
+
+    (void)bev;
+    hp->busy++;
+    rx_pump(hp);
+    leave(hp);
+}
+
+static void
+lower_writecb(struct bufferevent *bev, void *arg)
+{
+    struct hex_pipe *hp = arg;
+
+    (void)bev;
+    hp->busy++;
+    tx_pump(hp);
+    leave(hp);
+}
+
+static void
+lower_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct hex_pipe *hp = arg;
+
+    (void)bev;
+    hp->busy++;
+    if (what & BEV_EVENT_EOF) {
+        hp->lower_eof = 1;
+        rx_pump(hp);
+    }
+    else if (what & BEV_EVENT_ERROR)
+        deliver_error(hp, what);   /* the layer below recorded why */
+    leave(hp);
+}
+
+static void
+mine_readcb(struct bufferevent *bev, void *arg)
+{
+    struct hex_pipe *hp = arg;
+
+    (void)bev;
+    hp->busy++;
+    tx_pump(hp);
+    leave(hp);
+}
+
+static void
+mine_writecb(struct bufferevent *bev, void *arg)
+{
+    struct hex_pipe *hp = arg;
+
+    (void)bev;
+    hp->busy++;
+    rx_pump(hp);
+    leave(hp);
+}
+
+/* The pipe's operations. */
+static int
+hex_shutdown_write(void *layer_ctx, struct sl_pipe *p)
+{
+    struct hex_pipe *hp = layer_ctx;
+
+    (void)p;
+    /* The user's output is empty, but what the pair moved to mine.input
+     * may still wait for room below: tx_pump shuts down after it. */
+    hp->shut_pending = 1;
+    if (!hp->tx_busy)
+        maybe_shutdown(hp);
+    return 0;
+}
+
+static int
+hex_query(void *layer_ctx, int what, void *out, size_t *len)
+{
+    (void)layer_ctx;
+    (void)out;
+    (void)len;
+    /* A new pipe type: it hides any shared secret below (as Rust's
+     * HexPipe); the protocol ("hex", the core's default) and the
+     * addresses are the lower pipe's business. */
+    return what == SL_Q_SHARED_SECRET ? SL_ENOENT : SL_ENOTSUP;
+}
+
+static void
+hex_destroy(void *layer_ctx)
+{
+    struct hex_pipe *hp = layer_ctx;
+
+    /* The core frees the lower pipe right after: detach from it now. */
+    if (!hp->dead) {
+        bufferevent_setcb(hp->lbev, NULL, NULL, NULL, NULL);
+        bufferevent_setcb(hp->mine, NULL, NULL, NULL, NULL);
+    }
+    hp->dead = 1;
+    if (hp->busy == 0)
+        hp_free(hp);
+}
+
+static const struct sl_pipe_ops hex_pipe_ops = {
+    .struct_size = sizeof(struct sl_pipe_ops),
+    .shutdown_write = hex_shutdown_write,
+    .query = hex_query,
+    .destroy = hex_destroy,
+};
+
+/* Makes the pipe over lower, consuming it (also on failure). */
+static struct sl_pipe *
+pipe_make(const struct hex_cfg *c, struct event_base *base,
+          struct sl_pipe *lower, struct hex_pipe **hpp, struct sl_error *e)
+{
+    const struct sl_host *h = c->h;
+    struct hex_pipe *hp = calloc(1, sizeof(*hp));
+    struct bufferevent *pair[2] = { NULL, NULL };
+    struct sl_pipe *p;
+
+    if (hp == NULL || (hp->owed_ev = evtimer_new(base, owed_cb, hp)) == NULL ||
+        bufferevent_pair_new(base, 0, pair) != 0) {
+        if (hp != NULL)
+            hp_free(hp);
+        h->pipe_free(lower);
+        h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+        return NULL;
+    }
+    hp->h = h;
+    hp->read_buffer = c->read_buffer;
+    hp->lower = lower;
+    hp->lbev = h->pipe_get0_bev(lower);
+    hp->mine = pair[0];
+    hp->user = pair[1];
+    bufferevent_setcb(hp->mine, mine_readcb, mine_writecb, NULL, hp);
+    /* Take at most a queue's worth of the user's output at a time; decode
+     * more once the user has taken half of the backlog. */
+    bufferevent_setwatermark(hp->mine, EV_READ, 0, TX_QUEUE);
+    bufferevent_setwatermark(hp->mine, EV_WRITE, hp->read_buffer / 2, 0);
+    bufferevent_enable(hp->mine, EV_READ | EV_WRITE);
+    bufferevent_setwatermark(hp->user, EV_READ, 0, hp->read_buffer);
+    bufferevent_setcb(hp->lbev, lower_readcb, lower_writecb, lower_eventcb,
+                      hp);
+    /* Two digits per byte: never take more than read_buffer digits' worth
+     * of the lower's input ahead of the reader. */
+    bufferevent_setwatermark(hp->lbev, EV_READ, 0, 2 * hp->read_buffer);
+    bufferevent_setwatermark(hp->lbev, EV_WRITE, TX_QUEUE / 2, 0);
+    bufferevent_enable(hp->lbev, EV_READ | EV_WRITE);
+    /* Consumes the user end, lower and hp (destroyed on failure). */
+    p = h->pipe_new(LAYER, pair[1], lower, &hex_pipe_ops, hp);
+    if (p == NULL) {
+        h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+        return NULL;
+    }
+    hp->pipe = p;
+    *hpp = hp;
+    return p;
+}
+
+/* ---- wrap: no handshake, but the result is still delivered from the loop */
+
+struct hex_wrap {
+    const struct sl_host *h;
+    struct sl_pipe *result;
+    struct hex_pipe *hp;
+    struct event *done_ev;
+    sl_pipe_fn *done;
+    void *arg;
+    bool canceled;
+};
+
+static void
+wrap_deliver(evutil_socket_t fd, short what, void *arg)
+{
+    struct hex_wrap *w = arg;
+    struct sl_pipe *p = w->result;
+    sl_pipe_fn *done = w->done;
+    void *done_arg = w->arg;
+    struct sl_error err;
+
+    (void)fd;
+    (void)what;
+    memset(&err, 0, sizeof(err));
+    if (w->canceled) {
+        w->h->pipe_free(p);
+        p = NULL;
+        w->h->error_set(&err, SL_ECANCELED, LAYER, "wrap cancelled");
+    } else {
+        /* Digits that came with the layers below are decoded now; the
+         * user has no callbacks yet, so nothing calls back. */
+        w->hp->busy++;
+        rx_pump(w->hp);
+        leave(w->hp);
+    }
+    event_free(w->done_ev);
+    free(w);
+    done(p, p != NULL ? NULL : &err, done_arg);
+}
+
+static int
+hex_wrap(void *cfg, struct event_base *base, struct sl_pipe *lower,
+         enum sl_role role, sl_pipe_fn *done, void *arg, void **op,
+         struct sl_error *e)
+{
+    struct hex_cfg *c = cfg;
+    struct hex_wrap *w = calloc(1, sizeof(*w));
+
+    (void)role;   /* both ends do the same */
+    if (w == NULL || (w->done_ev = event_new(base, -1, 0, wrap_deliver, w))
+                         == NULL) {
+        free(w);
+        c->h->pipe_free(lower);
+        return c->h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    }
+    w->h = c->h;
+    w->done = done;
+    w->arg = arg;
+    if ((w->result = pipe_make(c, base, lower, &w->hp, e)) == NULL) {
+        event_free(w->done_ev);
+        free(w);
+        return e->code;
+    }
+    event_active(w->done_ev, EV_TIMEOUT, 0);
+    *op = w;
+    return 0;
+}
+
+static void
+hex_cancel(void *op)
+{
+    struct hex_wrap *w = op;
+
+    /* wrap_deliver, already on its way, frees the pipe. */
+    w->canceled = true;
+}
+
+/* ---- configuration and plugin --------------------------------------------- */
+
+static int
+hex_configure(const struct sl_host *h, void *plugin_ctx,
+              const struct sl_opts *o, void **out, struct sl_error *e)
+{
+    struct hex_cfg *c = calloc(1, sizeof(*c));
+
+    (void)plugin_ctx;
+    if (c == NULL)
+        return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+    c->h = h;
+    c->read_buffer = (size_t)h->opt_int(o, "read_buffer");
+    *out = c;
+    return 0;
+}
+
+static void
+hex_unconfigure(void *cfg)
+{
+    free(cfg);   /* pipes copied what they need */
+}
+
+static int
+hex_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
+{
+    (void)plugin_ctx;
+    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
+        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
+                            "running with %#x",
+                            (unsigned)LIBEVENT_VERSION_NUMBER,
+                            (unsigned)h->libevent_version);
+    return 0;
+}
+
+static const struct sl_layer_ops hex_layer = {
+    .struct_size = sizeof(struct sl_layer_ops),
+    .name = LAYER,
+    .summary = "bytes as ASCII hex digits (Geph's sillad-hex)",
+    .kind = SL_KIND_WRAP,
+    .consumes = SL_IO_PIPE,
+    .produces = SL_IO_PIPE,
+    .flags = SL_LF_HALF_CLOSE,
+    .opts = hex_opts,
+    .configure = hex_configure,
+    .unconfigure = hex_unconfigure,
+    .wrap = hex_wrap,
+    .cancel = hex_cancel,
+};
+
+static const struct sl_layer_ops *const hex_layers[] = { &hex_layer, NULL };
+
+SL_PLUGIN_DEFINE(hex, "hex re-encoding wrap", PACKAGE_VERSION, "ISC",
+                 "sillad", hex_layers, hex_init, NULL)
