@@ -625,6 +625,12 @@ op_start(struct sl_dial_op *op)
         const struct sl_stack_layer *sl = &d->stack->l[0];
 
         op->layer_ops = sl->ops;
+        if (d->stack->above) {
+            sl_error_set(&e, SL_EINVAL, "", "a stack that runs above a pipe "
+                         "cannot be dialed on its own");
+            finish(op, NULL, NULL, &e);
+            return;
+        }
         if (sl->ops->dial(sl->cfg, op->base, layer_done, op, &op->layer_op,
                           &e) != 0) {
             op->layer_op = NULL;
@@ -745,7 +751,7 @@ struct sl_listener {
     struct event_base *base;
     sl_conn_fn *cb;
     void *arg;
-    void *base_listener;
+    void *base_listener;       /* NULL for a listener above pipes */
     struct pending *pend;
     struct lsess *sess;
 };
@@ -957,9 +963,16 @@ struct sl_listener *
 sl_listener_new(struct sl_stack *s, struct event_base *base, sl_conn_fn *cb,
                 void *arg, struct sl_error *e)
 {
-    struct sl_listener *l = calloc(1, sizeof(*l));
+    struct sl_listener *l;
     const struct sl_stack_layer *b = &s->l[0];
 
+    if (s->above) {
+        sl_error_set(e, SL_EINVAL, "", "a stack that runs above a pipe "
+                     "has no base layer to listen with (use "
+                     "sl_listener_new_above)");
+        return NULL;
+    }
+    l = calloc(1, sizeof(*l));
     if (l == NULL) {
         sl_error_set(e, SL_ENOMEM, "", "out of memory");
         return NULL;
@@ -976,12 +989,54 @@ sl_listener_new(struct sl_stack *s, struct event_base *base, sl_conn_fn *cb,
     return l;
 }
 
+struct sl_listener *
+sl_listener_new_above(struct sl_stack *s, struct event_base *base,
+                      sl_conn_fn *cb, void *arg, struct sl_error *e)
+{
+    struct sl_listener *l;
+
+    if (!s->above) {
+        sl_error_set(e, SL_EINVAL, "", "this stack starts with a base "
+                     "layer; parse it with sl_stack_parse_above to run it "
+                     "above pipes");
+        return NULL;
+    }
+    l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        sl_error_set(e, SL_ENOMEM, "", "out of memory");
+        return NULL;
+    }
+    l->stack = s;
+    l->base = base;
+    l->cb = cb;
+    l->arg = arg;
+    return l;
+}
+
+int
+sl_listener_feed(struct sl_listener *l, struct sl_pipe *p)
+{
+    struct pending *pd;
+
+    if (l->base_listener != NULL || !l->stack->above) {
+        sl_pipe_free(p);
+        return SL_EINVAL;
+    }
+    pd = pend_new(l, 0, p);
+    if (pd == NULL) {
+        sl_pipe_free(p);
+        return SL_ENOMEM;
+    }
+    pend_advance(pd, p);
+    return 0;
+}
+
 int
 sl_listener_local_addr(struct sl_listener *l, char *buf, size_t len)
 {
     const struct sl_layer_ops *ops = l->stack->l[0].ops;
 
-    if (ops->listener_query == NULL)
+    if (l->base_listener == NULL || ops->listener_query == NULL)
         return SL_ENOTSUP;
     return ops->listener_query(l->base_listener, SL_Q_LOCAL_ADDR, buf, &len);
 }
@@ -991,7 +1046,8 @@ sl_listener_free(struct sl_listener *l)
 {
     if (l == NULL)
         return;
-    l->stack->l[0].ops->listener_free(l->base_listener);
+    if (l->base_listener != NULL)
+        l->stack->l[0].ops->listener_free(l->base_listener);
     while (l->pend != NULL) {
         struct pending *pd = l->pend;
 

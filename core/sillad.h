@@ -157,6 +157,11 @@ struct sl_stack *sl_stack_parse(const char *text, struct sl_error *e);
 /* Same from a JSON array text [{"layer":"tcp","addr":"..."}, ...]. */
 struct sl_stack *sl_stack_from_json_text(const char *json,
                                          struct sl_error *e);
+/* Parses a stack that runs above an existing pipe (a mux stream, say):
+ * its first layer must consume a pipe (a wrap or a mux layer), never a
+ * base layer.  Such a stack is only for sl_listener_new_above; dialing
+ * it fails. */
+struct sl_stack *sl_stack_parse_above(const char *text, struct sl_error *e);
 void sl_stack_free(struct sl_stack *s);
 size_t sl_stack_len(const struct sl_stack *s);
 /* SL_IO_PIPE or SL_IO_SESSION: what the whole stack produces. */
@@ -225,6 +230,20 @@ struct sl_listener *sl_listener_new(struct sl_stack *s,
                                     struct event_base *base, sl_conn_fn *cb,
                                     void *arg, struct sl_error *e);
 int sl_listener_local_addr(struct sl_listener *l, char *buf, size_t len);
+/* A listener for a stack from sl_stack_parse_above: it listens on nothing
+ * and runs the server side of the stack on each pipe handed to
+ * sl_listener_feed, giving cb each finished pipe or session as
+ * sl_listener_new does (handshakes of several pipes run at once, and one
+ * that fails is logged and freed).  The stack must outlive it.
+ * sl_listener_local_addr answers SL_ENOTSUP. */
+struct sl_listener *sl_listener_new_above(struct sl_stack *s,
+                                          struct event_base *base,
+                                          sl_conn_fn *cb, void *arg,
+                                          struct sl_error *e);
+/* Consumes p (also on failure) and starts the stack on it, server side.
+ * cb may run before this returns (a stack of only a mux layer finishes at
+ * once).  0, or SL_EINVAL (not a listener above pipes) or SL_ENOMEM. */
+int sl_listener_feed(struct sl_listener *l, struct sl_pipe *p);
 /* Stops listening, cancels handshakes in progress.  Never calls back. */
 void sl_listener_free(struct sl_listener *l);
 

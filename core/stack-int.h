@@ -18,6 +18,7 @@ struct sl_stack_layer {
 
 struct sl_stack {
     size_t n;
+    int above;      /* starts above a pipe (sl_stack_parse_above) */
     struct sl_stack_layer l[SL_STACK_MAX];
 };
 
@@ -39,5 +40,9 @@ int core_stack_spec_from_json(json_t *arr, const char *where,
 void core_stack_spec_free(struct core_stack_spec *sp);
 struct sl_stack *core_stack_build(struct core_stack_spec *sp,
                                   struct sl_error *e);
+/* Same; with above set the first layer must consume a pipe instead of
+ * being a base layer. */
+struct sl_stack *core_stack_build_ex(struct core_stack_spec *sp, int above,
+                                     struct sl_error *e);
 
 #endif

@@ -198,6 +198,12 @@ core_stack_lex(const char *t, size_t *pos, struct core_stack_spec *sp,
 struct sl_stack *
 core_stack_build(struct core_stack_spec *sp, struct sl_error *e)
 {
+    return core_stack_build_ex(sp, 0, e);
+}
+
+struct sl_stack *
+core_stack_build_ex(struct core_stack_spec *sp, int above, struct sl_error *e)
+{
     struct sl_stack *s = calloc(1, sizeof(*s));
     int r;
 
@@ -205,6 +211,7 @@ core_stack_build(struct core_stack_spec *sp, struct sl_error *e)
         sl_error_set(e, SL_ENOMEM, "", "out of memory");
         return NULL;
     }
+    s->above = above;
     if (sp->n == 0) {
         sl_error_set(e, SL_EINVAL, "", "stack: empty");
         goto fail;
@@ -223,7 +230,14 @@ core_stack_build(struct core_stack_spec *sp, struct sl_error *e)
             goto fail;
         }
         ops = sl_layer_get0_ops(l);
-        if (i == 0 && ops->consumes != SL_IO_NONE) {
+        if (i == 0 && above && ops->consumes != SL_IO_PIPE) {
+            sl_error_set(e, SL_EINVAL, "", "%s: this stack runs above an "
+                         "existing pipe, so it must start with a wrap or mux "
+                         "layer, but '%s' is a %s layer", where, ops->name,
+                         ops->kind == SL_KIND_BASE ? "base" : "session-consuming");
+            goto fail;
+        }
+        if (i == 0 && !above && ops->consumes != SL_IO_NONE) {
             sl_error_set(e, SL_EINVAL, "", "%s: a stack must start with a "
                          "base layer such as tcp, but '%s' is a %s layer",
                          where, ops->name,
@@ -283,6 +297,27 @@ sl_stack_parse(const char *text, struct sl_error *e)
         return NULL;
     }
     return core_stack_build(&sp, e);
+}
+
+struct sl_stack *
+sl_stack_parse_above(const char *text, struct sl_error *e)
+{
+    struct core_stack_spec sp = { 0 };
+    size_t pos = 0;
+
+    if (core_stack_lex(text, &pos, &sp, e) != 0) {
+        core_stack_spec_free(&sp);
+        return NULL;
+    }
+    core_lex_skip_ws(text, &pos);
+    if (text[pos] != '\0') {
+        sl_error_set(e, SL_EINVAL, "", "stack: column %zu: unexpected '%c' "
+                     "(quote values containing | , ( or ))", pos + 1,
+                     text[pos]);
+        core_stack_spec_free(&sp);
+        return NULL;
+    }
+    return core_stack_build_ex(&sp, 1, e);
 }
 
 /* JSON scalar to option text; 0 or SL_EINVAL. */

@@ -1,0 +1,350 @@
+/* relay.c - copies bytes both ways between two pipes (see relay.h).
+ *
+ * Each side is one pipe's bufferevent.  Reading side X moves X's input to
+ * the output of the other side Y (evbuffer_add_buffer moves chains, no
+ * copy).  Y's write low watermark is RELAY_LOW, so Y's write callback runs
+ * once the backlog is down to it and turns X's reading back on.
+ *
+ * The user end of every layer's pipe is one end of a bufferevent pair, and
+ * a pair may report EOF before all of its data has moved: a flush with
+ * BEV_FINISHED moves only what fits under the reader's high watermark and
+ * the rest follows as the reader drains.  So a side counts as ended only
+ * once its input is empty and nothing waits in its partner's output.
+ */
+#include "config.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "relay.h"
+#include "sillad.h"
+
+struct side {
+    struct relay *r;
+    struct sl_pipe *p;
+    struct bufferevent *bev;
+    int idx;                    /* 0 = a, 1 = b */
+    unsigned half_close : 1;    /* the layer can end one direction alone */
+    unsigned paused : 1;        /* reading off: the other side is full */
+    unsigned eof_seen : 1;      /* the pipe reported EOF */
+    unsigned ended : 1;         /* ... and everything it sent has moved */
+    unsigned shut : 1;          /* we asked for shutdown_write */
+};
+
+struct relay {
+    struct event_base *base;
+    struct side s[2];
+    struct event *idle_ev;
+    struct event *kick_ev;      /* relays input waiting at the start */
+    int idle_ms;
+    int64_t last_ms;            /* last time a byte moved */
+    relay_done_fn *done;
+    void *arg;
+    struct relay_stats st;
+};
+
+static long closing_count;
+
+long
+relay_closing(void)
+{
+    return closing_count;
+}
+
+static void
+closed_cb(void *arg)
+{
+    (void)arg;
+    closing_count--;
+}
+
+static void
+close_gracefully(struct sl_pipe *p)
+{
+    closing_count++;
+    sl_pipe_close(p, RELAY_CLOSE_MS, closed_cb, NULL);
+}
+
+/* Whether p's layer ends its send direction alone.  A pipe made by the
+ * program itself (no registered layer) is taken to: its shutdown_write
+ * is the program's own. */
+static int
+pipe_half_close(struct sl_pipe *p)
+{
+    const struct sl_layer *l = sl_layer_find(sl_pipe_get0_layer(p));
+
+    if (l == NULL)
+        return 1;
+    return (sl_layer_get0_ops(l)->flags & SL_LF_HALF_CLOSE) != 0;
+}
+
+/* Ends the relay: frees or closes both pipes, frees r, then calls done.
+ * failed is the index of the side to free at once (-1: none; 2: both). */
+static void
+finish(struct relay *r, int failed, const char *why)
+{
+    relay_done_fn *done = r->done;
+    void *arg = r->arg;
+    struct relay_stats st = r->st;
+    char why_copy[300];
+
+    snprintf(why_copy, sizeof(why_copy), "%s", why);
+    for (int i = 0; i < 2; i++) {
+        if (failed == i || failed == 2)
+            sl_pipe_free(r->s[i].p);
+        else
+            close_gracefully(r->s[i].p);
+        r->s[i].p = NULL;
+    }
+    if (r->idle_ev != NULL)
+        event_free(r->idle_ev);
+    event_free(r->kick_ev);
+    free(r);
+    if (done != NULL)
+        done(arg, &st, why_copy);
+}
+
+static void
+fail(struct side *sd, const char *what)
+{
+    struct relay *r = sd->r;
+    char why[300];
+
+    snprintf(why, sizeof(why), "%s: %s", sd->idx == 0 ? "a" : "b", what);
+    finish(r, sd->idx, why);
+}
+
+/* Moves what sd has read to the other side; pauses sd if that side's
+ * backlog is at RELAY_HIGH. */
+static void
+pump(struct side *sd)
+{
+    struct relay *r = sd->r;
+    struct side *to = &r->s[!sd->idx];
+    struct evbuffer *in = bufferevent_get_input(sd->bev);
+    struct evbuffer *out = bufferevent_get_output(to->bev);
+    size_t n = evbuffer_get_length(in);
+
+    if (n == 0)
+        return;
+    if (to->shut) {
+        /* Cannot happen (to is shut only after sd ended); drop. */
+        evbuffer_drain(in, n);
+        return;
+    }
+    evbuffer_add_buffer(out, in);
+    if (sd->idx == 0)
+        r->st.a_to_b += n;
+    else
+        r->st.b_to_a += n;
+    r->last_ms = sl_now_ms();
+    if (!sd->paused && evbuffer_get_length(out) >= RELAY_HIGH) {
+        sd->paused = 1;
+        bufferevent_disable(sd->bev, EV_READ);
+    }
+}
+
+/* Returns 1 if the relay was finished (r is freed). */
+static int
+check_ended(struct side *sd)
+{
+    struct relay *r = sd->r;
+    struct side *to = &r->s[!sd->idx];
+    struct bufferevent *partner;
+
+    if (!sd->eof_seen || sd->ended)
+        return 0;
+    if (evbuffer_get_length(bufferevent_get_input(sd->bev)) > 0)
+        return 0;
+    partner = bufferevent_pair_get_partner(sd->bev);
+    if (partner != NULL &&
+        evbuffer_get_length(bufferevent_get_output(partner)) > 0)
+        return 0;
+    sd->ended = 1;
+    bufferevent_disable(sd->bev, EV_READ);
+    if (!to->shut) {
+        /* After what is already queued for it. */
+        to->shut = 1;
+        sl_pipe_shutdown_write(to->p);
+    }
+    /* Without half-close on either side, the end of one direction is the
+     * end of both: a stream that got or sent FIN takes no more bytes. */
+    if (!sd->half_close || !to->half_close || to->ended) {
+        finish(r, -1, "done");
+        return 1;
+    }
+    return 0;
+}
+
+static void
+readcb(struct bufferevent *bev, void *arg)
+{
+    struct side *sd = arg;
+
+    (void)bev;
+    pump(sd);
+    check_ended(sd);
+}
+
+/* sd's backlog is down to RELAY_LOW: read the other side again. */
+static void
+writecb(struct bufferevent *bev, void *arg)
+{
+    struct side *sd = arg;
+    struct side *from = &sd->r->s[!sd->idx];
+
+    (void)bev;
+    sd->r->last_ms = sl_now_ms();
+    if (from->paused && !from->ended) {
+        from->paused = 0;
+        bufferevent_enable(from->bev, EV_READ);
+    }
+}
+
+static void
+eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct side *sd = arg;
+
+    if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
+        const struct sl_error *e = sl_pipe_get0_error(sd->p);
+        int err = EVUTIL_SOCKET_ERROR();
+        char buf[256];
+
+        if (e != NULL)
+            sl_error_str(e, buf, sizeof(buf));
+        else if (what & BEV_EVENT_TIMEOUT)
+            snprintf(buf, sizeof(buf), "timed out");
+        else
+            snprintf(buf, sizeof(buf), "%s",
+                     err != 0 ? evutil_socket_error_to_string(err)
+                              : "connection error");
+        fail(sd, buf);
+        return;
+    }
+    if (what & BEV_EVENT_EOF) {
+        sd->eof_seen = 1;
+        pump(sd);
+        if (check_ended(sd))
+            return;
+        /* Data still in the pair's other end follows once we drain. */
+        if (!sd->ended && !sd->paused)
+            bufferevent_enable(bev, EV_READ);
+    }
+}
+
+static void
+idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct relay *r = arg;
+    int64_t quiet = sl_now_ms() - r->last_ms;
+    struct timeval tv;
+
+    (void)fd;
+    (void)what;
+    if (quiet >= r->idle_ms) {
+        finish(r, 2, "idle");
+        return;
+    }
+    quiet = r->idle_ms - quiet;
+    tv.tv_sec = (time_t)(quiet / 1000);
+    tv.tv_usec = (suseconds_t)(quiet % 1000) * 1000;
+    evtimer_add(r->idle_ev, &tv);
+}
+
+/* Input left by a handshake gets no new read callback from every kind of
+ * bufferevent (a socket one without deferred callbacks): move it from an
+ * event of our own. */
+static void
+kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct relay *r = arg;
+
+    (void)fd;
+    (void)what;
+    for (int i = 0; i < 2; i++) {
+        if (r->s[i].paused)
+            continue;
+        pump(&r->s[i]);
+        if (check_ended(&r->s[i]))
+            return;
+    }
+}
+
+struct relay *
+relay_new(struct event_base *base, struct sl_pipe *a, struct sl_pipe *b,
+          int idle_ms, relay_done_fn *done, void *arg)
+{
+    struct relay *r = calloc(1, sizeof(*r));
+    struct sl_pipe *p[2] = { a, b };
+
+    if (r == NULL)
+        goto fail;
+    r->base = base;
+    r->idle_ms = idle_ms;
+    r->done = done;
+    r->arg = arg;
+    r->last_ms = sl_now_ms();
+    r->kick_ev = event_new(base, -1, 0, kick_cb, r);
+    if (r->kick_ev == NULL)
+        goto fail;
+    if (idle_ms > 0) {
+        struct timeval tv = { idle_ms / 1000, (idle_ms % 1000) * 1000 };
+
+        r->idle_ev = evtimer_new(base, idle_cb, r);
+        if (r->idle_ev == NULL)
+            goto fail;
+        evtimer_add(r->idle_ev, &tv);
+    }
+    for (int i = 0; i < 2; i++) {
+        struct side *sd = &r->s[i];
+
+        sd->r = r;
+        sd->idx = i;
+        sd->p = p[i];
+        sd->bev = sl_pipe_get0_bev(p[i]);
+        sd->half_close = pipe_half_close(p[i]) != 0;
+    }
+    for (int i = 0; i < 2; i++) {
+        struct side *sd = &r->s[i];
+
+        bufferevent_setwatermark(sd->bev, EV_WRITE, RELAY_LOW, 0);
+        sl_pipe_setcb(sd->p, readcb, writecb, eventcb, sd);
+        bufferevent_enable(sd->bev, EV_READ | EV_WRITE);
+    }
+    event_active(r->kick_ev, EV_TIMEOUT, 0);
+    return r;
+fail:
+    if (r != NULL && r->idle_ev != NULL)
+        event_free(r->idle_ev);
+    if (r != NULL && r->kick_ev != NULL)
+        event_free(r->kick_ev);
+    free(r);
+    sl_pipe_free(a);
+    sl_pipe_free(b);
+    return NULL;
+}
+
+void
+relay_free(struct relay *r)
+{
+    if (r == NULL)
+        return;
+    for (int i = 0; i < 2; i++)
+        sl_pipe_free(r->s[i].p);
+    if (r->idle_ev != NULL)
+        event_free(r->idle_ev);
+    event_free(r->kick_ev);
+    free(r);
+}
+
+void
+relay_get_stats(const struct relay *r, struct relay_stats *st)
+{
+    *st = r->st;
+}

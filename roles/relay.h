@@ -1,0 +1,71 @@
+/*
+ * relay.h - copies bytes both ways between two pipes.
+ *
+ * A relay joins two sl_pipes (a user's connection and a tunnel stream, a
+ * tunnel stream and a destination): whatever one side reads is written to
+ * the other.  Memory is bounded: while the bytes waiting to leave one side
+ * reach RELAY_HIGH, the relay stops reading the other side, and resumes
+ * once they are down to RELAY_LOW.
+ *
+ * End of stream.  When side X ends its send direction (EOF), every byte it
+ * sent is delivered to Y, then Y's write side is shut down.  When both
+ * layers can end one direction alone (SL_LF_HALF_CLOSE, e.g. tcp), Y's
+ * peer sees the EOF while the other direction goes on until Y ends too.
+ * When either cannot (a picomux stream, where FIN closes the stream both
+ * ways), the end of one direction is the end of the relay.  Then the relay
+ * closes both pipes gracefully (what is buffered still goes out, bounded
+ * by RELAY_CLOSE_MS) and calls done.  An error on one side frees that side
+ * at once and closes the other gracefully; no byte moving either way for
+ * idle_ms frees both; done is called either way.
+ */
+#ifndef SILLAD_ROLES_RELAY_H
+#define SILLAD_ROLES_RELAY_H
+
+#include <stdint.h>
+
+#include <event2/event.h>
+
+struct sl_pipe;
+
+/* Bytes waiting towards one side at which the other side stops being read,
+ * and at which it is read again. */
+#define RELAY_HIGH (256 * 1024)
+#define RELAY_LOW (64 * 1024)
+/* How long a graceful close may take to flush before the pipe is freed. */
+#define RELAY_CLOSE_MS 10000
+
+struct relay;
+
+struct relay_stats {
+    uint64_t a_to_b, b_to_a;   /* bytes read from one side for the other */
+};
+
+/* Called exactly once, from the event loop (never inside relay_new), when
+ * the relay has ended; the relay is already freed, and the pipes are
+ * closed or closing.  why is a short static text: "done" (both ends
+ * finished), "idle", or the first error as "a: <error>" / "b: <error>"
+ * (valid only during the call).  st counts the bytes moved. */
+typedef void relay_done_fn(void *arg, const struct relay_stats *st,
+                           const char *why);
+
+/* Consumes a and b (also on failure, when NULL is returned).  idle_ms <= 0
+ * turns the idle timeout off.  Input already waiting on either pipe (left
+ * by a handshake) is relayed first.  Returns NULL only out of memory. */
+struct relay *relay_new(struct event_base *base, struct sl_pipe *a,
+                        struct sl_pipe *b, int idle_ms, relay_done_fn *done,
+                        void *arg);
+
+/* Closes both pipes now (nothing more is flushed); done is not called.
+ * NULL is ignored. */
+void relay_free(struct relay *r);
+
+/* The bytes moved so far. */
+void relay_get_stats(const struct relay *r, struct relay_stats *st);
+
+/* Number of pipes handed to a graceful close by relays of this process
+ * that have not been freed yet.  A program that wants to exit without
+ * leaks runs its loop until this is 0 (each close ends within
+ * RELAY_CLOSE_MS). */
+long relay_closing(void);
+
+#endif /* SILLAD_ROLES_RELAY_H */
