@@ -136,6 +136,7 @@ struct pm_session {
     struct event *death_ev;         /* runs on_dead */
     /* stats */
     uint64_t streams_open, streams_total, bytes_sent, bytes_received;
+    uint64_t streams_refused;       /* SYNs answered with a FIN */
     struct sl_error why;
     int busy;                       /* inside on_stream / on_dead */
     unsigned ping_outstanding : 1;
@@ -164,6 +165,7 @@ struct pm_stream {
     double bw, bw_t, bw_pending;    /* debloat estimator, §7.4 */
     unsigned char *meta;            /* until on_stream */
     size_t meta_len;
+    struct event *linger_ev;        /* bounds the wait for the peer's FIN */
     struct pm_stream *prev, *next;      /* s->streams */
     struct pm_stream *rprev, *rnext;    /* s->ring */
     struct pm_stream *acc_next;
@@ -175,6 +177,7 @@ struct pm_stream {
     unsigned eof_given : 1;
     unsigned eof_pending : 1;
     unsigned epipe_given : 1;
+    unsigned closing : 1;           /* our FIN is out; the peer's awaited */
 };
 
 static const struct sl_opt_spec pm_opts[] = {
@@ -214,7 +217,7 @@ static void die(struct pm_session *s, int code, const char *fmt, ...)
     SL_PRINTF(3, 4);
 static void pump(struct pm_session *s);
 static void process_input(struct pm_session *s);
-static void st_close(struct pm_stream *st);
+static void st_close(struct pm_stream *st, int peer_fin);
 static void st_free(struct pm_stream *st);
 
 /* ---- time --------------------------------------------------------------- */
@@ -631,6 +634,13 @@ st_detach(struct pm_stream *st)
         st->open = 0;
         s->streams_open--;
     }
+    if (st->closing) {
+        /* Its slot still points here: make it the tombstone it would
+         * have become at the peer's FIN. */
+        st->closing = 0;
+        tombstone(s, st->id);
+        event_del(st->linger_ev);
+    }
     st->s = NULL;
     /* Writes from now on are refused (st_epipe), not left to back up. */
     mine_read_ctl(st);
@@ -640,6 +650,8 @@ static void
 st_free(struct pm_stream *st)
 {
     st_detach(st);
+    if (st->linger_ev != NULL)
+        event_free(st->linger_ev);
     bufferevent_free(st->mine);
     free(st->fr);
     free(st->meta);
@@ -662,26 +674,69 @@ give_eof(struct pm_stream *st)
     bufferevent_flush(st->mine, EV_WRITE, BEV_FINISHED);
 }
 
-/* Full close (§4.3): FIN, tombstone, EOF to the user; unsent data is
- * dropped.  Frees st when its user is gone. */
+/* The peer's FIN for a stream we closed, or the wait for it is over:
+ * the id becomes a tombstone and the user sees EOF. */
 static void
-st_close(struct pm_stream *st)
+st_closed(struct pm_stream *st)
+{
+    struct pm_session *s = st->s;
+
+    if (st->closing && s != NULL) {
+        st->closing = 0;
+        tombstone(s, st->id);
+    }
+    if (st->linger_ev != NULL)
+        event_del(st->linger_ev);
+    give_eof(st);
+    if (st->pipe == NULL && !st->queued && !st->delivering)
+        st_free(st);
+}
+
+static void
+linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    st_closed(arg);
+}
+
+/* Full close (§4.3): FIN, tombstone, EOF to the user; unsent data is
+ * dropped.  Frees st when its user is gone.
+ *
+ * When we close first (the user shut its stream down) and the user still
+ * holds the pipe, its EOF waits for the peer's FIN (the echo of ours, or
+ * its own) for at most ping_timeout.  The echo comes after the peer has
+ * read everything before our FIN, so a user who takes EOF as "done" and
+ * exits (frees the session, and the lower pipe with its unsent bytes)
+ * does not cut off the end of its own data.  Meanwhile the stream is
+ * closed on the wire as Rust's would be: nothing is sent on it, and what
+ * arrives is dropped. */
+static void
+st_close(struct pm_stream *st, int peer_fin)
 {
     struct pm_session *s = st->s;
     struct evbuffer *in = bufferevent_get_input(st->mine);
 
     if (s != NULL && st->open) {
         out_frame(s, PM_CMD_FIN, st->id, NULL, 0);
-        tombstone(s, st->id);
         st->open = 0;
         s->streams_open--;
         ring_del(s, st);
+        if (!peer_fin && st->pipe != NULL && !s->dead) {
+            if (st->linger_ev == NULL)
+                st->linger_ev = evtimer_new(s->base, linger_cb, st);
+            if (st->linger_ev != NULL) {
+                st->closing = 1;
+                arm_ms(st->linger_ev, s->p.ping_timeout_ms);
+            }
+        }
+        if (!st->closing)
+            tombstone(s, st->id);
     }
     evbuffer_drain(in, evbuffer_get_length(in));
     mine_read_ctl(st);
-    give_eof(st);
-    if (st->pipe == NULL && !st->queued && !st->delivering)
-        st_free(st);
+    if (!st->closing)
+        st_closed(st);
 }
 
 /* The user freed its pipe (or never got it).  What it had handed over is
@@ -701,7 +756,7 @@ st_release(struct pm_stream *st)
         pump(s);
         return;
     }
-    st_close(st);
+    st_close(st, 0);
 }
 
 /* A write on a stream that is closed: dropped, and an EPIPE error once
@@ -1067,7 +1122,7 @@ on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
     s->bytes_received += len;
     /* Unknown or closed ids are ignored (§4.2); so is data for a stream
      * whose user is gone (it only waits to send its last bytes). */
-    if (st == NULL || st->pipe == NULL) {
+    if (st == NULL || st->pipe == NULL || !st->open) {
         evbuffer_drain(in, len);
         return;
     }
@@ -1078,12 +1133,12 @@ on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
                   "sent beyond the %" PRIu64 " frames granted; closing it",
                   st->id, st->granted);
         evbuffer_drain(in, len);
-        st_close(st);
+        st_close(st, 0);
         return;
     }
     if (fr_push(st, (uint16_t)len) != 0) {
         evbuffer_drain(in, len);
-        st_close(st);
+        st_close(st, 0);
         return;
     }
     st->pushed += len;
@@ -1097,11 +1152,16 @@ on_fin(struct pm_session *s, uint32_t id)
 {
     struct pm_stream *st = live_stream(s, id);
 
-    /* Unknown: most often the echo of our own FIN (§4.3). */
+    /* Unknown: the echo of our own FIN after the wait for it ended. */
     if (st == NULL)
         return;
-    /* The echo; what was received is delivered before EOF. */
-    st_close(st);
+    if (st->closing) {
+        /* The echo of ours (or the peer's own FIN, crossing ours). */
+        st_closed(st);
+        return;
+    }
+    /* What was received is delivered before EOF; the echo goes out. */
+    st_close(st, 1);
 }
 
 static void
@@ -1259,7 +1319,7 @@ pump(struct pm_session *s)
                 n = evbuffer_get_length(in);
             }
             if (n == 0 && st->fin_wanted)
-                st_close(st);        /* may free st */
+                st_close(st, 0);     /* may free st */
             else
                 st_schedule(st);
         }
