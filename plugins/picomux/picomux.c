@@ -112,6 +112,7 @@ struct pm_session {
     size_t metadata_len;
     struct sl_pipe *lower;          /* NULL once torn down */
     struct bufferevent *lbev;
+    struct evbuffer *batch;         /* PSH frames of one pump turn */
     sl_stream_fn *on_stream;
     sl_dead_fn *on_dead;
     void *arg;
@@ -190,8 +191,8 @@ static const struct sl_opt_spec pm_opts[] = {
     { "max_streams", SL_OPT_INT, 0, "65536",
       "streams open at once; beyond, open fails and a SYN gets a FIN",
       NULL, 1, 16777216 },
-    { "accept_backlog", SL_OPT_INT, 0, "100",
-      "peer-opened streams waiting for on_stream; reading pauses beyond",
+    { "accept_backlog", SL_OPT_INT, 0, "1024",
+      "peer-opened streams waiting for on_stream; beyond, a SYN gets a FIN",
       NULL, 1, 65536 },
     { "window", SL_OPT_INT, 0, "1500",
       "largest receive window granted per stream, in frames", NULL, 1,
@@ -452,6 +453,16 @@ lower_out(struct pm_session *s)
     return bufferevent_get_output(s->lbev);
 }
 
+/* Hands the data frames the pump has built to the lower output in one
+ * move: one transfer to the layer below (one pair hand-over, one wakeup)
+ * per turn instead of two per frame. */
+static void
+batch_flush(struct pm_session *s)
+{
+    if (evbuffer_get_length(s->batch) > 0)
+        evbuffer_add_buffer(lower_out(s), s->batch);
+}
+
 /* Appends one frame to the single outgoing FIFO, the lower output. */
 static void
 out_frame(struct pm_session *s, uint8_t cmd, uint32_t id, const void *body,
@@ -461,6 +472,7 @@ out_frame(struct pm_session *s, uint8_t cmd, uint32_t id, const void *body,
 
     if (s->dead || s->lbev == NULL)
         return;
+    batch_flush(s);     /* frames leave in the order they were made */
     pm_hdr_encode(buf, cmd, (uint16_t)len, id);
     if (len <= sizeof(buf) - PM_HDR_LEN) {
         if (len > 0)
@@ -768,6 +780,9 @@ st_epipe(struct pm_stream *st)
     struct bufferevent *user;
     struct sl_error err;
 
+    /* A read callback deferred from before the close finds nothing. */
+    if (evbuffer_get_length(in) == 0)
+        return;
     evbuffer_drain(in, evbuffer_get_length(in));
     if (st->pipe == NULL || st->epipe_given)
         return;
@@ -1036,8 +1051,9 @@ st_new(struct pm_session *s, uint32_t id)
 static void
 refuse(struct pm_session *s, uint32_t id, const char *why)
 {
-    s->h->log(SL_LOG_INFO, LAYER, "refusing stream %08" PRIx32 ": %s", id,
-              why);
+    s->streams_refused++;
+    s->h->log(SL_LOG_INFO, LAYER, "refusing stream %08" PRIx32 ": %s (%"
+              PRIu64 " refused so far)", id, why, s->streams_refused);
     out_frame(s, PM_CMD_FIN, id, NULL, 0);
     tombstone(s, id);
 }
@@ -1053,6 +1069,13 @@ on_syn(struct pm_session *s, uint32_t id, const uint8_t *body, size_t len)
     }
     if (s->streams_open >= s->p.max_streams) {
         refuse(s, id, "max_streams reached");
+        return;
+    }
+    /* A full backlog refuses the stream, never the session (§4.1: Rust
+     * drops it and the peer gets a FIN), and never stops the reading of
+     * the frames of the streams already open. */
+    if (s->acc_len >= s->p.accept_backlog) {
+        refuse(s, id, "accept backlog full");
         return;
     }
     st = st_new(s, id);
@@ -1177,12 +1200,11 @@ on_more(struct pm_session *s, uint32_t id, uint16_t incr)
     st_schedule(st);
 }
 
-/* Why reading has to wait, or 0. */
+/* Whether reading has to wait: the peer sends but does not read. */
 static int
 input_blocked(struct pm_session *s)
 {
-    return s->acc_len >= s->p.accept_backlog ||
-           evbuffer_get_length(lower_out(s)) >= s->out_hard;
+    return evbuffer_get_length(lower_out(s)) >= s->out_hard;
 }
 
 /* Handles every complete frame in the lower input. */
@@ -1298,7 +1320,9 @@ pump(struct pm_session *s)
     do {
         s->pump_again = 0;
         while (!s->dead && s->lbev != NULL && s->ring_head != NULL &&
-               evbuffer_get_length(lower_out(s)) < s->p.lower_buffer) {
+               evbuffer_get_length(lower_out(s)) +
+                       evbuffer_get_length(s->batch) <
+                   s->p.lower_buffer) {
             struct pm_stream *st = s->ring_head;
             struct evbuffer *in = bufferevent_get_input(st->mine);
             size_t n = evbuffer_get_length(in);
@@ -1309,21 +1333,25 @@ pump(struct pm_session *s)
                 uint8_t hdr[PM_HDR_LEN];
 
                 pm_hdr_encode(hdr, PM_CMD_PSH, (uint16_t)take, st->id);
-                evbuffer_add(lower_out(s), hdr, sizeof(hdr));
+                evbuffer_add(s->batch, hdr, sizeof(hdr));
                 /* May move more of the user's output in; never calls
                  * back (pair callbacks are deferred). */
-                evbuffer_remove_buffer(in, lower_out(s), take);
+                evbuffer_remove_buffer(in, s->batch, take);
                 st->credits--;
                 s->bytes_sent += take;
                 mine_read_ctl(st);      /* may take more from the user */
                 n = evbuffer_get_length(in);
             }
             if (n == 0 && st->fin_wanted)
-                st_close(st, 0);     /* may free st */
+                st_close(st, 0);     /* may free st; flushes the batch */
             else
                 st_schedule(st);
         }
+        if (!s->dead && s->lbev != NULL)
+            batch_flush(s);
     } while (s->pump_again && !s->dead);
+    if (s->lbev == NULL || s->dead)
+        evbuffer_drain(s->batch, evbuffer_get_length(s->batch));
     s->in_pump = 0;
 }
 
@@ -1373,6 +1401,7 @@ do_free(struct pm_session *s)
     event_free(s->ping_ev);
     event_free(s->deliver_ev);
     event_free(s->death_ev);
+    evbuffer_free(s->batch);
     free(s->slots);
     free(s->tq);
     free(s->metadata);
@@ -1537,8 +1566,9 @@ pm_session_new(void *cfg, struct event_base *base, struct sl_pipe *lower,
     s->ping_ev = evtimer_new(base, ping_fire, s);
     s->deliver_ev = event_new(base, -1, 0, deliver_cb, s);
     s->death_ev = event_new(base, -1, 0, death_cb, s);
+    s->batch = evbuffer_new();
     if (s->slots == NULL || s->ping_ev == NULL || s->deliver_ev == NULL ||
-        s->death_ev == NULL)
+        s->death_ev == NULL || s->batch == NULL)
         goto nomem;
     s->lower = lower;
     s->lbev = h->pipe_get0_bev(lower);
@@ -1566,6 +1596,8 @@ nomem:
             event_free(s->deliver_ev);
         if (s->death_ev != NULL)
             event_free(s->death_ev);
+        if (s->batch != NULL)
+            evbuffer_free(s->batch);
         free(s->slots);
         free(s->metadata);
         free(s);
