@@ -112,6 +112,7 @@ struct pm_session {
     size_t metadata_len;
     struct sl_pipe *lower;          /* NULL once torn down */
     struct bufferevent *lbev;
+    struct evbuffer *batch;         /* PSH frames of one pump turn */
     sl_stream_fn *on_stream;
     sl_dead_fn *on_dead;
     void *arg;
@@ -136,6 +137,7 @@ struct pm_session {
     struct event *death_ev;         /* runs on_dead */
     /* stats */
     uint64_t streams_open, streams_total, bytes_sent, bytes_received;
+    uint64_t streams_refused;       /* SYNs answered with a FIN */
     struct sl_error why;
     int busy;                       /* inside on_stream / on_dead */
     unsigned ping_outstanding : 1;
@@ -164,6 +166,7 @@ struct pm_stream {
     double bw, bw_t, bw_pending;    /* debloat estimator, §7.4 */
     unsigned char *meta;            /* until on_stream */
     size_t meta_len;
+    struct event *linger_ev;        /* bounds the wait for the peer's FIN */
     struct pm_stream *prev, *next;      /* s->streams */
     struct pm_stream *rprev, *rnext;    /* s->ring */
     struct pm_stream *acc_next;
@@ -175,6 +178,7 @@ struct pm_stream {
     unsigned eof_given : 1;
     unsigned eof_pending : 1;
     unsigned epipe_given : 1;
+    unsigned closing : 1;           /* our FIN is out; the peer's awaited */
 };
 
 static const struct sl_opt_spec pm_opts[] = {
@@ -187,8 +191,8 @@ static const struct sl_opt_spec pm_opts[] = {
     { "max_streams", SL_OPT_INT, 0, "65536",
       "streams open at once; beyond, open fails and a SYN gets a FIN",
       NULL, 1, 16777216 },
-    { "accept_backlog", SL_OPT_INT, 0, "100",
-      "peer-opened streams waiting for on_stream; reading pauses beyond",
+    { "accept_backlog", SL_OPT_INT, 0, "1024",
+      "peer-opened streams waiting for on_stream; beyond, a SYN gets a FIN",
       NULL, 1, 65536 },
     { "window", SL_OPT_INT, 0, "1500",
       "largest receive window granted per stream, in frames", NULL, 1,
@@ -214,7 +218,7 @@ static void die(struct pm_session *s, int code, const char *fmt, ...)
     SL_PRINTF(3, 4);
 static void pump(struct pm_session *s);
 static void process_input(struct pm_session *s);
-static void st_close(struct pm_stream *st);
+static void st_close(struct pm_stream *st, int peer_fin);
 static void st_free(struct pm_stream *st);
 
 /* ---- time --------------------------------------------------------------- */
@@ -449,6 +453,16 @@ lower_out(struct pm_session *s)
     return bufferevent_get_output(s->lbev);
 }
 
+/* Hands the data frames the pump has built to the lower output in one
+ * move: one transfer to the layer below (one pair hand-over, one wakeup)
+ * per turn instead of two per frame. */
+static void
+batch_flush(struct pm_session *s)
+{
+    if (evbuffer_get_length(s->batch) > 0)
+        evbuffer_add_buffer(lower_out(s), s->batch);
+}
+
 /* Appends one frame to the single outgoing FIFO, the lower output. */
 static void
 out_frame(struct pm_session *s, uint8_t cmd, uint32_t id, const void *body,
@@ -458,6 +472,7 @@ out_frame(struct pm_session *s, uint8_t cmd, uint32_t id, const void *body,
 
     if (s->dead || s->lbev == NULL)
         return;
+    batch_flush(s);     /* frames leave in the order they were made */
     pm_hdr_encode(buf, cmd, (uint16_t)len, id);
     if (len <= sizeof(buf) - PM_HDR_LEN) {
         if (len > 0)
@@ -631,6 +646,13 @@ st_detach(struct pm_stream *st)
         st->open = 0;
         s->streams_open--;
     }
+    if (st->closing) {
+        /* Its slot still points here: make it the tombstone it would
+         * have become at the peer's FIN. */
+        st->closing = 0;
+        tombstone(s, st->id);
+        event_del(st->linger_ev);
+    }
     st->s = NULL;
     /* Writes from now on are refused (st_epipe), not left to back up. */
     mine_read_ctl(st);
@@ -640,6 +662,8 @@ static void
 st_free(struct pm_stream *st)
 {
     st_detach(st);
+    if (st->linger_ev != NULL)
+        event_free(st->linger_ev);
     bufferevent_free(st->mine);
     free(st->fr);
     free(st->meta);
@@ -662,26 +686,69 @@ give_eof(struct pm_stream *st)
     bufferevent_flush(st->mine, EV_WRITE, BEV_FINISHED);
 }
 
-/* Full close (§4.3): FIN, tombstone, EOF to the user; unsent data is
- * dropped.  Frees st when its user is gone. */
+/* The peer's FIN for a stream we closed, or the wait for it is over:
+ * the id becomes a tombstone and the user sees EOF. */
 static void
-st_close(struct pm_stream *st)
+st_closed(struct pm_stream *st)
+{
+    struct pm_session *s = st->s;
+
+    if (st->closing && s != NULL) {
+        st->closing = 0;
+        tombstone(s, st->id);
+    }
+    if (st->linger_ev != NULL)
+        event_del(st->linger_ev);
+    give_eof(st);
+    if (st->pipe == NULL && !st->queued && !st->delivering)
+        st_free(st);
+}
+
+static void
+linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    st_closed(arg);
+}
+
+/* Full close (§4.3): FIN, tombstone, EOF to the user; unsent data is
+ * dropped.  Frees st when its user is gone.
+ *
+ * When we close first (the user shut its stream down) and the user still
+ * holds the pipe, its EOF waits for the peer's FIN (the echo of ours, or
+ * its own) for at most ping_timeout.  The echo comes after the peer has
+ * read everything before our FIN, so a user who takes EOF as "done" and
+ * exits (frees the session, and the lower pipe with its unsent bytes)
+ * does not cut off the end of its own data.  Meanwhile the stream is
+ * closed on the wire as Rust's would be: nothing is sent on it, and what
+ * arrives is dropped. */
+static void
+st_close(struct pm_stream *st, int peer_fin)
 {
     struct pm_session *s = st->s;
     struct evbuffer *in = bufferevent_get_input(st->mine);
 
     if (s != NULL && st->open) {
         out_frame(s, PM_CMD_FIN, st->id, NULL, 0);
-        tombstone(s, st->id);
         st->open = 0;
         s->streams_open--;
         ring_del(s, st);
+        if (!peer_fin && st->pipe != NULL && !s->dead) {
+            if (st->linger_ev == NULL)
+                st->linger_ev = evtimer_new(s->base, linger_cb, st);
+            if (st->linger_ev != NULL) {
+                st->closing = 1;
+                arm_ms(st->linger_ev, s->p.ping_timeout_ms);
+            }
+        }
+        if (!st->closing)
+            tombstone(s, st->id);
     }
     evbuffer_drain(in, evbuffer_get_length(in));
     mine_read_ctl(st);
-    give_eof(st);
-    if (st->pipe == NULL && !st->queued && !st->delivering)
-        st_free(st);
+    if (!st->closing)
+        st_closed(st);
 }
 
 /* The user freed its pipe (or never got it).  What it had handed over is
@@ -701,7 +768,7 @@ st_release(struct pm_stream *st)
         pump(s);
         return;
     }
-    st_close(st);
+    st_close(st, 0);
 }
 
 /* A write on a stream that is closed: dropped, and an EPIPE error once
@@ -713,6 +780,9 @@ st_epipe(struct pm_stream *st)
     struct bufferevent *user;
     struct sl_error err;
 
+    /* A read callback deferred from before the close finds nothing. */
+    if (evbuffer_get_length(in) == 0)
+        return;
     evbuffer_drain(in, evbuffer_get_length(in));
     if (st->pipe == NULL || st->epipe_given)
         return;
@@ -981,8 +1051,9 @@ st_new(struct pm_session *s, uint32_t id)
 static void
 refuse(struct pm_session *s, uint32_t id, const char *why)
 {
-    s->h->log(SL_LOG_INFO, LAYER, "refusing stream %08" PRIx32 ": %s", id,
-              why);
+    s->streams_refused++;
+    s->h->log(SL_LOG_INFO, LAYER, "refusing stream %08" PRIx32 ": %s (%"
+              PRIu64 " refused so far)", id, why, s->streams_refused);
     out_frame(s, PM_CMD_FIN, id, NULL, 0);
     tombstone(s, id);
 }
@@ -998,6 +1069,13 @@ on_syn(struct pm_session *s, uint32_t id, const uint8_t *body, size_t len)
     }
     if (s->streams_open >= s->p.max_streams) {
         refuse(s, id, "max_streams reached");
+        return;
+    }
+    /* A full backlog refuses the stream, never the session (§4.1: Rust
+     * drops it and the peer gets a FIN), and never stops the reading of
+     * the frames of the streams already open. */
+    if (s->acc_len >= s->p.accept_backlog) {
+        refuse(s, id, "accept backlog full");
         return;
     }
     st = st_new(s, id);
@@ -1067,7 +1145,7 @@ on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
     s->bytes_received += len;
     /* Unknown or closed ids are ignored (§4.2); so is data for a stream
      * whose user is gone (it only waits to send its last bytes). */
-    if (st == NULL || st->pipe == NULL) {
+    if (st == NULL || st->pipe == NULL || !st->open) {
         evbuffer_drain(in, len);
         return;
     }
@@ -1078,12 +1156,12 @@ on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
                   "sent beyond the %" PRIu64 " frames granted; closing it",
                   st->id, st->granted);
         evbuffer_drain(in, len);
-        st_close(st);
+        st_close(st, 0);
         return;
     }
     if (fr_push(st, (uint16_t)len) != 0) {
         evbuffer_drain(in, len);
-        st_close(st);
+        st_close(st, 0);
         return;
     }
     st->pushed += len;
@@ -1097,11 +1175,16 @@ on_fin(struct pm_session *s, uint32_t id)
 {
     struct pm_stream *st = live_stream(s, id);
 
-    /* Unknown: most often the echo of our own FIN (§4.3). */
+    /* Unknown: the echo of our own FIN after the wait for it ended. */
     if (st == NULL)
         return;
-    /* The echo; what was received is delivered before EOF. */
-    st_close(st);
+    if (st->closing) {
+        /* The echo of ours (or the peer's own FIN, crossing ours). */
+        st_closed(st);
+        return;
+    }
+    /* What was received is delivered before EOF; the echo goes out. */
+    st_close(st, 1);
 }
 
 static void
@@ -1117,12 +1200,11 @@ on_more(struct pm_session *s, uint32_t id, uint16_t incr)
     st_schedule(st);
 }
 
-/* Why reading has to wait, or 0. */
+/* Whether reading has to wait: the peer sends but does not read. */
 static int
 input_blocked(struct pm_session *s)
 {
-    return s->acc_len >= s->p.accept_backlog ||
-           evbuffer_get_length(lower_out(s)) >= s->out_hard;
+    return evbuffer_get_length(lower_out(s)) >= s->out_hard;
 }
 
 /* Handles every complete frame in the lower input. */
@@ -1238,7 +1320,9 @@ pump(struct pm_session *s)
     do {
         s->pump_again = 0;
         while (!s->dead && s->lbev != NULL && s->ring_head != NULL &&
-               evbuffer_get_length(lower_out(s)) < s->p.lower_buffer) {
+               evbuffer_get_length(lower_out(s)) +
+                       evbuffer_get_length(s->batch) <
+                   s->p.lower_buffer) {
             struct pm_stream *st = s->ring_head;
             struct evbuffer *in = bufferevent_get_input(st->mine);
             size_t n = evbuffer_get_length(in);
@@ -1249,21 +1333,25 @@ pump(struct pm_session *s)
                 uint8_t hdr[PM_HDR_LEN];
 
                 pm_hdr_encode(hdr, PM_CMD_PSH, (uint16_t)take, st->id);
-                evbuffer_add(lower_out(s), hdr, sizeof(hdr));
+                evbuffer_add(s->batch, hdr, sizeof(hdr));
                 /* May move more of the user's output in; never calls
                  * back (pair callbacks are deferred). */
-                evbuffer_remove_buffer(in, lower_out(s), take);
+                evbuffer_remove_buffer(in, s->batch, take);
                 st->credits--;
                 s->bytes_sent += take;
                 mine_read_ctl(st);      /* may take more from the user */
                 n = evbuffer_get_length(in);
             }
             if (n == 0 && st->fin_wanted)
-                st_close(st);        /* may free st */
+                st_close(st, 0);     /* may free st; flushes the batch */
             else
                 st_schedule(st);
         }
+        if (!s->dead && s->lbev != NULL)
+            batch_flush(s);
     } while (s->pump_again && !s->dead);
+    if (s->lbev == NULL || s->dead)
+        evbuffer_drain(s->batch, evbuffer_get_length(s->batch));
     s->in_pump = 0;
 }
 
@@ -1313,6 +1401,7 @@ do_free(struct pm_session *s)
     event_free(s->ping_ev);
     event_free(s->deliver_ev);
     event_free(s->death_ev);
+    evbuffer_free(s->batch);
     free(s->slots);
     free(s->tq);
     free(s->metadata);
@@ -1477,8 +1566,9 @@ pm_session_new(void *cfg, struct event_base *base, struct sl_pipe *lower,
     s->ping_ev = evtimer_new(base, ping_fire, s);
     s->deliver_ev = event_new(base, -1, 0, deliver_cb, s);
     s->death_ev = event_new(base, -1, 0, death_cb, s);
+    s->batch = evbuffer_new();
     if (s->slots == NULL || s->ping_ev == NULL || s->deliver_ev == NULL ||
-        s->death_ev == NULL)
+        s->death_ev == NULL || s->batch == NULL)
         goto nomem;
     s->lower = lower;
     s->lbev = h->pipe_get0_bev(lower);
@@ -1506,6 +1596,8 @@ nomem:
             event_free(s->deliver_ev);
         if (s->death_ev != NULL)
             event_free(s->death_ev);
+        if (s->batch != NULL)
+            evbuffer_free(s->batch);
         free(s->slots);
         free(s->metadata);
         free(s);

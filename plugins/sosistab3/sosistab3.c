@@ -79,6 +79,8 @@
 #define OWED_RETRY_MAX_MS 1000    /* backing off up to this */
 #define DEADLINE_MIN_US 10000000  /* server handshake: 10 s ... */
 #define DEADLINE_SPAN_US 10000000 /* ... plus up to 10 s */
+#define WAIT_ENV "SOSISTAB3_WAIT" /* set: wait WAIT_DEFAULT_MS at start */
+#define WAIT_DEFAULT_MS 300000    /* WAIT_INTERVAL, the timestamp window */
 
 /* ---- configuration ------------------------------------------------------- */
 
@@ -94,9 +96,20 @@ struct s3_params {
     size_t read_buffer;
 };
 
+/* What the server wraps of one cfg (one listener) share; a wrap holds a
+ * reference, so it outlives an unconfigure. */
+struct s3_listen {
+    unsigned refs;
+    uint64_t open_ms;            /* mono_ms() when handshakes may start */
+    size_t queue_max;            /* accept_queue */
+    size_t queued;               /* made, not yet handed to done */
+    size_t waiting;              /* held until open_ms */
+};
+
 struct s3_cfg {
     struct s3_params par;
     struct s3_replay *replay;    /* this listener's, shared by its wraps */
+    struct s3_listen *listen;
 };
 
 static const struct sl_opt_spec s3_opts[] = {
@@ -113,6 +126,13 @@ static const struct sl_opt_spec s3_opts[] = {
     { "read_buffer", SL_OPT_SIZE, 0, "256k",
       "stop decrypting while this much waits for the reader", NULL, 4096,
       1073741824 },
+    { "start_wait", SL_OPT_DURATION, 0, NULL,
+      "server: hold connections this long after start before any "
+      "handshake (default 300s if SOSISTAB3_WAIT is set, else 0)", NULL, 0,
+      86400000 },
+    { "accept_queue", SL_OPT_INT, 0, "1000",
+      "server: finished handshakes not yet taken; beyond, the new pipe "
+      "is dropped", NULL, 1, 1000000 },
     { NULL, 0, 0, NULL, NULL, NULL, 0, 0 },
 };
 
@@ -894,7 +914,9 @@ struct s3_wrap {
     void *arg;
     struct event *done_ev;       /* delivers the result from the loop */
     struct event *deadline_ev;   /* server */
+    struct event *wait_ev;       /* server: the start-up wait */
     struct s3_replay *replay;    /* server */
+    struct s3_listen *listen;    /* server */
     enum hs_state state;
     uint8_t sk[S3_KEY_LEN];      /* our ephemeral secret */
     uint8_t sent[S3_HS_LEN];     /* client: HS_c as sent */
@@ -909,7 +931,23 @@ struct s3_wrap {
     bool canceled;
     bool finished;               /* done_ev is active */
     bool in_step, again;         /* re-entrancy of hs_process */
+    bool queued;                 /* counted in listen->queued */
+    bool waiting;                /* counted in listen->waiting */
 };
+
+static struct s3_listen *
+listen_ref(struct s3_listen *l)
+{
+    l->refs++;
+    return l;
+}
+
+static void
+listen_unref(struct s3_listen *l)
+{
+    if (l != NULL && --l->refs == 0)
+        free(l);
+}
 
 static void
 wrap_free(struct s3_wrap *w)
@@ -918,6 +956,15 @@ wrap_free(struct s3_wrap *w)
         event_free(w->done_ev);
     if (w->deadline_ev != NULL)
         event_free(w->deadline_ev);
+    if (w->wait_ev != NULL)
+        event_free(w->wait_ev);
+    if (w->listen != NULL) {
+        if (w->queued)
+            w->listen->queued--;
+        if (w->waiting)
+            w->listen->waiting--;
+        listen_unref(w->listen);
+    }
     s3_replay_unref(w->replay);
     sodium_memzero(w, sizeof(*w));
     free(w);
@@ -947,6 +994,11 @@ wrap_deliver(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     w->result = NULL;
+    if (w->queued) {
+        /* Taken by the next layer now. */
+        w->queued = false;
+        w->listen->queued--;
+    }
     if (w->canceled) {
         if (p != NULL)
             h->pipe_free(p);
@@ -1056,8 +1108,26 @@ hs_finish(struct s3_wrap *w)
         finish(w);
         goto out;
     }
-    if (w->role == SL_ROLE_SERVER)
+    if (w->role == SL_ROLE_SERVER) {
         evbuffer_add(bufferevent_get_output(w->lbev), reply, reply_len);
+        if (w->listen->queued >= w->listen->queue_max) {
+            /* §5.2 step 9: Rust's try_send fails and the finished pipe
+             * is dropped, its reply sent. */
+            w->par.h->error_set(&w->err, SL_ELIMIT, LAYER, "accept queue "
+                                "full (%zu finished handshakes not yet "
+                                "taken); pipe dropped",
+                                w->listen->queue_max);
+            w->par.h->log(SL_LOG_INFO, LAYER, "%s", w->err.text);
+            w->par.h->pipe_free(w->result);
+            w->result = NULL;
+            w->sp = NULL;
+            w->lbev = NULL;
+            finish(w);
+            goto out;
+        }
+        w->listen->queued++;
+        w->queued = true;
+    }
     finish(w);
     pipe_start(w->sp);
 out:
@@ -1198,6 +1268,63 @@ client_hello(struct s3_wrap *w, struct sl_error *e)
     return 0;
 }
 
+static void
+start_reading(struct s3_wrap *w)
+{
+    bufferevent_enable(w->lbev, EV_READ | EV_WRITE);
+    /* The layer below may already hold the peer's bytes. */
+    if (evbuffer_get_length(bufferevent_get_input(w->lbev)) > 0)
+        bufferevent_trigger(w->lbev, EV_READ,
+                            BEV_TRIG_IGNORE_WATERMARKS |
+                                BEV_TRIG_DEFER_CALLBACKS);
+}
+
+/* Server: the handshake starts (at accept, or when the wait ends). */
+static void
+server_begin(struct s3_wrap *w)
+{
+    int64_t us = deadline_us();
+    struct timeval tv = { (time_t)(us / 1000000),
+                          (suseconds_t)(us % 1000000) };
+
+    if (w->waiting) {
+        w->waiting = false;
+        w->listen->waiting--;
+    }
+    /* Captured before anything is read (§5.2 step 1). */
+    w->now = unix_now(w->role);
+    evtimer_add(w->deadline_ev, &tv);
+    bufferevent_setcb(w->lbev, hs_readcb, NULL, hs_eventcb, w);
+    start_reading(w);
+}
+
+/* Arms the wait for what is left of it; false when none is. */
+static bool
+wait_more(struct s3_wrap *w)
+{
+    uint64_t now = mono_ms(), ms;
+    struct timeval tv;
+
+    if (now >= w->listen->open_ms)
+        return false;
+    /* Timers count from the loop's cached time, which may be behind:
+     * the callback checks the clock and waits again if it fired early. */
+    ms = w->listen->open_ms - now;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    evtimer_add(w->wait_ev, &tv);
+    return true;
+}
+
+static void
+server_begin_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    if (!wait_more(arg))
+        server_begin(arg);
+}
+
 static int
 s3_wrap(void *cfg, struct event_base *base, struct sl_pipe *lower,
         enum sl_role role, sl_pipe_fn *done, void *arg, void **op,
@@ -1226,30 +1353,50 @@ s3_wrap(void *cfg, struct event_base *base, struct sl_pipe *lower,
         r = h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         goto fail;
     }
-    bufferevent_setcb(w->lbev, hs_readcb, NULL, hs_eventcb, w);
     if (role == SL_ROLE_SERVER) {
-        int64_t us = deadline_us();
-        struct timeval tv = { (time_t)(us / 1000000),
-                              (suseconds_t)(us % 1000000) };
+        uint64_t now = mono_ms();
+        struct s3_listen *l = c->listen;
 
-        /* Captured before anything is read (§5.2 step 1). */
-        w->now = unix_now(role);
         w->replay = s3_replay_ref(c->replay);
+        w->listen = listen_ref(l);
         w->deadline_ev = evtimer_new(base, hs_deadline, w);
         if (w->deadline_ev == NULL) {
             r = h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
             goto fail;
         }
-        evtimer_add(w->deadline_ev, &tv);
-    } else if ((r = client_hello(w, e)) != 0) {
-        goto fail;
+        if (now < l->open_ms) {
+            /* SOSISTAB3_WAIT (§6): Rust's listener accepts nothing for
+             * its first 300 s, so that handshakes recorded before a
+             * restart (and its empty replay cache) are outside the
+             * timestamp window by the time any is read.  The connection
+             * is held unread; its handshake, deadline and "now" start
+             * when the wait ends.  At most accept_queue are held. */
+            if (l->waiting >= l->queue_max) {
+                r = h->error_set(e, SL_ELIMIT, LAYER, "%zu connections "
+                                 "already wait for the start-up wait "
+                                 "(start_wait) to end", l->waiting);
+                goto fail;
+            }
+            w->wait_ev = evtimer_new(base, server_begin_cb, w);
+            if (w->wait_ev == NULL) {
+                r = h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
+                goto fail;
+            }
+            l->waiting++;
+            w->waiting = true;
+            bufferevent_setcb(w->lbev, NULL, NULL, NULL, NULL);
+            bufferevent_disable(w->lbev, EV_READ);
+            if (!wait_more(w))
+                server_begin(w);
+        } else {
+            server_begin(w);
+        }
+    } else {
+        bufferevent_setcb(w->lbev, hs_readcb, NULL, hs_eventcb, w);
+        if ((r = client_hello(w, e)) != 0)
+            goto fail;
+        start_reading(w);
     }
-    bufferevent_enable(w->lbev, EV_READ | EV_WRITE);
-    /* The layer below may already hold the peer's bytes. */
-    if (evbuffer_get_length(bufferevent_get_input(w->lbev)) > 0)
-        bufferevent_trigger(w->lbev, EV_READ,
-                            BEV_TRIG_IGNORE_WATERMARKS |
-                                BEV_TRIG_DEFER_CALLBACKS);
     *op = w;
     return 0;
 fail:
@@ -1268,6 +1415,8 @@ s3_cancel(void *op)
     w->canceled = true;
     if (w->finished)
         return;   /* wrap_deliver turns the result into ECANCELED */
+    if (w->wait_ev != NULL)
+        evtimer_del(w->wait_ev);
     drop_lower(w);
     finish(w);
 }
@@ -1282,6 +1431,7 @@ s3_configure(const struct sl_host *h, void *plugin_ctx,
     const char *cookie = h->opt_str(o, "cookie");
     const char *aead = h->opt_str(o, "aead");
     struct s3_cookie ck;
+    int64_t wait_ms = 0;
 
     (void)plugin_ctx;
     if (c == NULL)
@@ -1301,11 +1451,23 @@ s3_configure(const struct sl_host *h, void *plugin_ctx,
     c->par.record_size = (size_t)h->opt_int(o, "record_size");
     c->par.read_buffer = (size_t)h->opt_int(o, "read_buffer");
     c->replay = s3_replay_new((size_t)h->opt_int(o, "replay_cache"));
-    if (c->replay == NULL) {
+    c->listen = calloc(1, sizeof(*c->listen));
+    if (c->replay == NULL || c->listen == NULL) {
+        s3_replay_unref(c->replay);
+        free(c->listen);
         sodium_memzero(c, sizeof(*c));
         free(c);
         return h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
     }
+    c->listen->refs = 1;
+    c->listen->queue_max = (size_t)h->opt_int(o, "accept_queue");
+    /* The cfg is the listener: its replay cache starts empty here, so the
+     * wait (if any) counts from here too. */
+    if (h->opt_has(o, "start_wait"))
+        wait_ms = h->opt_int(o, "start_wait");
+    else if (getenv(WAIT_ENV) != NULL)
+        wait_ms = WAIT_DEFAULT_MS;
+    c->listen->open_ms = mono_ms() + (uint64_t)wait_ms;
     *out = c;
     return 0;
 }
@@ -1315,8 +1477,9 @@ s3_unconfigure(void *cfg)
 {
     struct s3_cfg *c = cfg;
 
-    /* Handshakes still running hold their own reference. */
+    /* Handshakes still running hold their own references. */
     s3_replay_unref(c->replay);
+    listen_unref(c->listen);
     sodium_memzero(c, sizeof(*c));
     free(c);
 }

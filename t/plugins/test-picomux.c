@@ -897,25 +897,42 @@ test_max_streams(void)
 }
 
 static void
-test_backlog_pauses(void)
+test_backlog_refuses(void)
 {
     uint8_t b[50 * PM_HDR_LEN];
     struct raw r;
     int fins = 0, k;
     struct pm_hdr h;
 
-    /* 50 SYNs in one write with a backlog of 2: all are delivered (the
-     * reader pauses while the queue is full), none refused. */
+    /* 50 SYNs in one write with a backlog of 2: the first two wait for
+     * on_stream, each of the 48 others gets a FIN (§4.1), and the
+     * session lives on. */
     CU_ASSERT_FATAL(raw_open(&r, "accept_backlog=2"));
     for (int i = 0; i < 50; i++)
         pm_hdr_encode(b + i * PM_HDR_LEN, PM_CMD_SYN, 0, 1000 + (uint32_t)i);
     raw_write(&r, b, sizeof(b));
+    while ((k = raw_next(&r, &h, frame_body, QUIET_MS)) == 1) {
+        if (h.cmd != PM_CMD_FIN)
+            continue;
+        CU_ASSERT(h.stream_id >= 1002 && h.stream_id < 1050);
+        fins++;
+    }
+    CU_ASSERT(k == 0);
+    CU_ASSERT(fins == 48);
+    CU_ASSERT(r.ss.ngot == 2);
+    CU_ASSERT(raw_alive(&r));
+    /* The two were taken: the backlog has room again. */
+    raw_frame(&r, PM_CMD_SYN, 2000, NULL, 0);
     CU_ASSERT(raw_alive(&r));
     run_for(5);
-    CU_ASSERT(r.ss.ngot == 50);
-    while ((k = raw_next(&r, &h, frame_body, QUIET_MS)) == 1)
-        fins += h.cmd == PM_CMD_FIN;
-    CU_ASSERT(fins == 0);
+    CU_ASSERT(r.ss.ngot == 3);
+    /* A refused id is closed like any other: its SYN again is a
+     * duplicate, which kills the session (§5.2). */
+    raw_frame(&r, PM_CMD_SYN, 1049, NULL, 0);
+    do
+        k = raw_next(&r, &h, frame_body, WAIT_MS);
+    while (k == 1);
+    CU_ASSERT(k == -1);
     raw_close(&r);
 }
 
@@ -1373,8 +1390,11 @@ test_many_streams(void)
     m.s = calloc((size_t)m.n, sizeof(*m.s));
     CU_ASSERT_FATAL(m.c != NULL && m.s != NULL);
     /* Few tombstones: closing half the streams forgets most of them early,
-     * which churns the id table under the streams still open. */
-    CU_ASSERT_FATAL(sessions_new("mem addr=pm-many:0", "max_tombstones=1024",
+     * which churns the id table under the streams still open.  All are
+     * opened at once: their SYNs may arrive in one read, so the backlog
+     * must hold them all (beyond it they would be refused). */
+    CU_ASSERT_FATAL(sessions_new("mem addr=pm-many:0",
+                                 "max_tombstones=1024 accept_backlog=65536",
                                  &a, &b));
     b.stream_fn = many_stream;
     b.user = &m;
@@ -1833,8 +1853,8 @@ main(void)
         { "metadata limit and option", test_metadata_limits },
         { "max_streams: open fails, SYN refused with FIN",
           test_max_streams },
-        { "full accept backlog pauses, refuses nothing",
-          test_backlog_pauses },
+        { "full accept backlog refuses with FIN, never the session",
+          test_backlog_refuses },
         { "session_free inside on_stream", test_free_inside_on_stream },
         { "liveness: silent peer detected within the timeout",
           test_liveness },

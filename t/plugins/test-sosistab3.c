@@ -1731,6 +1731,173 @@ test_replay_cache(void)
     s3_replay_unref(c);
 }
 
+/* ---- the listener: accept queue and start-up wait ------------------------ */
+
+/* Two pipes over the ends of one bufferevent pair. */
+static void
+pipe_pair(struct sl_pipe **a, struct sl_pipe **b)
+{
+    struct bufferevent *pair[2];
+
+    CU_ASSERT_FATAL(bufferevent_pair_new(base, 0, pair) == 0);
+    *a = sl_pipe_new("raw", pair[0], NULL, NULL, NULL);
+    *b = sl_pipe_new("raw", pair[1], NULL, NULL, NULL);
+    CU_ASSERT_FATAL(*a != NULL && *b != NULL);
+}
+
+struct hs_set {
+    int n;
+    struct wres *w;
+};
+
+static bool
+all_called(void *arg)
+{
+    struct hs_set *set = arg;
+
+    for (int i = 0; i < set->n; i++)
+        if (set->w[i].calls == 0)
+            return false;
+    return true;
+}
+
+static void
+wres_release(struct wres *w)
+{
+    sl_pipe_free(w->p);
+    w->p = NULL;
+}
+
+/* Handshakes that finish in one turn of the loop, before any is handed
+ * on: beyond accept_queue, the new pipe is dropped (§5.2 step 9), and the
+ * queue frees up as pipes are taken. */
+static void
+test_accept_queue(void)
+{
+    long pipes0 = sl_pipe_count();
+    void *cfg = layer_cfg("queue-cookie", "accept_queue", "2", NULL);
+    struct sl_pipe *cl[4], *sv[4];
+    struct wres wc[4], ws[4];
+    struct hs_set set = { 3, NULL };
+    void *op;
+    int ok = 0, full = 0;
+
+    fixed_reset();
+    for (int i = 0; i < 3; i++) {
+        pipe_pair(&cl[i], &sv[i]);
+        start_wrap(cfg, sv[i], SL_ROLE_SERVER, &ws[i], &op);
+    }
+    for (int i = 0; i < 3; i++)
+        start_wrap(cfg, cl[i], SL_ROLE_CLIENT, &wc[i], &op);
+    set.w = ws;
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    for (int i = 0; i < 3; i++) {
+        CU_ASSERT(ws[i].calls == 1);
+        if (ws[i].p != NULL) {
+            ok++;
+        } else {
+            CU_ASSERT(ws[i].err.code == SL_ELIMIT);
+            CU_ASSERT(strstr(ws[i].err.text, "accept queue full") != NULL);
+            full += ws[i].err.code == SL_ELIMIT;
+        }
+    }
+    CU_ASSERT(ok == 2 && full == 1);
+    /* Taken: there is room again. */
+    pipe_pair(&cl[3], &sv[3]);
+    start_wrap(cfg, sv[3], SL_ROLE_SERVER, &ws[3], &op);
+    start_wrap(cfg, cl[3], SL_ROLE_CLIENT, &wc[3], &op);
+    set.n = 1;
+    set.w = &ws[3];
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(ws[3].p != NULL);
+    set.n = 4;
+    set.w = wc;
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    for (int i = 0; i < 4; i++) {
+        wres_release(&wc[i]);
+        wres_release(&ws[i]);
+    }
+    run_for(20);
+    ops->unconfigure(cfg);
+    CU_ASSERT(sl_pipe_count() == pipes0);
+}
+
+/* start_wait: no handshake is read before the wait ends; then it runs. */
+static void
+test_start_wait(void)
+{
+    long pipes0 = sl_pipe_count();
+    int64_t t0 = now_ms();
+    void *cfg = layer_cfg("wait-cookie", "start_wait", "300ms", NULL);
+    struct sl_pipe *cl, *sv;
+    struct wres wc, ws;
+    struct hs_set set = { 1, &ws };
+    void *op;
+
+    fixed_reset();
+    pipe_pair(&cl, &sv);
+    start_wrap(cfg, sv, SL_ROLE_SERVER, &ws, &op);
+    start_wrap(cfg, cl, SL_ROLE_CLIENT, &wc, &op);
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(ws.p != NULL);
+    CU_ASSERT(ws.at - t0 >= 300);
+    set.w = &wc;
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wc.p != NULL);
+    wres_release(&wc);
+    wres_release(&ws);
+    run_for(20);
+    ops->unconfigure(cfg);
+    CU_ASSERT(sl_pipe_count() == pipes0);
+}
+
+/* SOSISTAB3_WAIT in the environment: 300 s unless start_wait says
+ * otherwise; a held connection can be cancelled. */
+static void
+test_wait_env(void)
+{
+    long pipes0 = sl_pipe_count();
+    void *cfg, *cfg0;
+    struct sl_pipe *cl, *sv;
+    struct wres wc, ws;
+    struct hs_set set = { 1, &ws };
+    void *op_s, *op_c;
+
+    fixed_reset();
+    CU_ASSERT_FATAL(setenv("SOSISTAB3_WAIT", "1", 1) == 0);
+    cfg = layer_cfg("env-cookie", NULL);
+    cfg0 = layer_cfg("env-cookie", "start_wait", "0", NULL);
+    unsetenv("SOSISTAB3_WAIT");
+    pipe_pair(&cl, &sv);
+    start_wrap(cfg, sv, SL_ROLE_SERVER, &ws, &op_s);
+    start_wrap(cfg, cl, SL_ROLE_CLIENT, &wc, &op_c);
+    run_for(100);
+    CU_ASSERT(ws.calls == 0 && wc.calls == 0);
+    ops->cancel(op_s);
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(ws.p == NULL && ws.err.code == SL_ECANCELED);
+    /* A pair end says nothing when its partner goes: cancel the client. */
+    ops->cancel(op_c);
+    set.w = &wc;
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wc.p == NULL);
+    /* start_wait=0 overrides the environment. */
+    pipe_pair(&cl, &sv);
+    start_wrap(cfg0, sv, SL_ROLE_SERVER, &ws, &op_s);
+    start_wrap(cfg0, cl, SL_ROLE_CLIENT, &wc, &op_c);
+    set.w = &ws;
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    set.w = &wc;
+    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(ws.p != NULL && wc.p != NULL);
+    wres_release(&wc);
+    wres_release(&ws);
+    run_for(20);
+    ops->unconfigure(cfg);
+    ops->unconfigure(cfg0);
+    CU_ASSERT(sl_pipe_count() == pipes0);
+}
+
 /* ---- main ---------------------------------------------------------------- */
 
 static int
@@ -1791,6 +1958,9 @@ main(void)
         { "end to end over tcp", test_end_to_end },
         { "options", test_options },
         { "replay cache", test_replay_cache },
+        { "accept queue bound", test_accept_queue },
+        { "start-up wait (start_wait)", test_start_wait },
+        { "start-up wait from SOSISTAB3_WAIT", test_wait_env },
         { NULL, NULL },
     };
     const struct sl_layer *l;
