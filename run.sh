@@ -53,7 +53,16 @@ configure_in() {
         (cd "$top" && autoreconf -fi >/dev/null 2>&1)
     fi
     mkdir -p "$dir"
-    (cd "$dir" && "$top/configure" -q "$@" >/dev/null)
+    # Configured already, with these arguments, by this configure: keep it.
+    if [ -f "$dir/config.status" ] && [ "$dir/config.status" -nt "$top/configure" ] &&
+        [ "$("$dir/config.status" --config | tr -d "'" | sed 's/^-q *//; s/ -q\b//')" = "$*" ]; then
+        return
+    fi
+    # configure's exit trap tries "rm -f core", which complains about our
+    # core/ directory of objects: drop that one line of noise.
+    (cd "$dir" && "$top/configure" -q "$@" >/dev/null) 2>&1 |
+        grep -v "^rm: cannot remove 'core': Is a directory$" >&2 || true
+    [ -f "$dir/config.status" ] || { log "configure failed in $dir"; exit 1; }
 }
 
 build() {
@@ -66,10 +75,12 @@ demo() {
     deps
     build
     export SILLAD_PLUGIN_PATH="$build/plugins/.libs"
-    local tmp pids=() cookie page socks http exit_addr pk out
+    local cookie page socks http exit_addr pk out
+    # Globals: the EXIT trap runs after this function has returned.
     tmp=$(mktemp -d)
-    # shellcheck disable=SC2064
+    pids=()
     trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
+    trap 'exit 1' INT TERM HUP
     waitfor() {   # waitfor FILE KEY: the address after KEY, once written
         for _ in $(seq 100); do
             [ -s "$1" ] && awk -v k="$2" '$1 == k { print $2; f = 1 }

@@ -28,12 +28,18 @@ fi
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/sillad-e2e-bench.XXXXXX")
 pids=()
+proxy_pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    for p in "${proxy_pids[@]}" "${pids[@]}"; do
+        kill "$p" 2>/dev/null || true
+    done
+    for p in "${proxy_pids[@]}" "${pids[@]}"; do
+        wait "$p" 2>/dev/null || true
+    done
     if [ -n "${SL_BENCH_KEEP:-}" ]; then echo "kept $tmp" >&2; else rm -rf "$tmp"; fi
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
 
 # wait_key FILE KEY: the address after KEY in FILE, once written (10 s).
 wait_key() {
@@ -63,7 +69,6 @@ free_port() {
 for _ in $(seq 100); do [ -s "$tmp/origin" ] && break; sleep 0.05; done
 origin=$(cat "$tmp/origin")
 
-proxy_pids=()
 stop_proxies() {
     for p in "${proxy_pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${proxy_pids[@]}"; do wait "$p" 2>/dev/null || true; done
