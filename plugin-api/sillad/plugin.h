@@ -447,8 +447,7 @@ sl_check_libevent_version_(const struct sl_host *h, const char *layer,
     if ((running >> 16) == (built >> 16))
         return 0;
     return h->error_set(e, SL_EABI, layer, "built for libevent %u.%u "
-                        "(%#x), but sillad runs libevent %u.%u (%#x): "
-                        "rebuild the plugin against it",
+                        "(%#x), but sillad runs %u.%u (%#x)",
                         (unsigned)(built >> 24),
                         (unsigned)((built >> 16) & 0xff), (unsigned)built,
                         (unsigned)(running >> 24),
