@@ -16,11 +16,13 @@
 #      removed: the struct tags it defines, plus the opaque sl_* structs it
 #      only declares (foreign types such as struct event_base, declared for
 #      use in signatures, are not part of the API); enum type names; enum
-#      constants; typedef names; #define names, except the include guard and
-#      helpers whose names end in "_"; and the function-pointer members of
-#      its structs (upcalls and operations).
-#   3. A struct, enum type, typedef or macro is documented when a section-3
-#      page in man/ lists it on an .Nm line, so that "man NAME" finds it.
+#      constants; typedef names; #define names and static inline
+#      functions, except the include guard and helpers whose names end in
+#      "_"; and the function-pointer members of its structs (upcalls and
+#      operations).
+#   3. A struct, enum type, typedef, macro or inline function is
+#      documented when a section-3 page in man/ lists it on an .Nm line, so
+#      that "man NAME" finds it.
 #   4. An enum constant is documented when a section-3 page lists it on an
 #      .Nm line, or marks it up with .Dv on a section-3 page whose .Nm lines
 #      list the constant's enum type.
@@ -208,6 +210,20 @@ extract_ids() {
                 else
                     n = last_ident(s)
                 if (n != "") print "type", n
+                continue
+            }
+            # static inline helpers: the name before "(", on the line of
+            # "static inline" or the next one (skipping helpers ending in _).
+            if (l ~ /^[ \t]*static[ \t]+inline([ \t]|$)/ || pending_inline) {
+                if (index(l, "(")) {
+                    n = last_ident(substr(l, 1, index(l, "(") - 1))
+                    if (n != "" && n !~ /_$/ && n != "inline" && !(n in seen)) {
+                        seen[n] = 1
+                        print "type", n
+                    }
+                    pending_inline = 0
+                } else
+                    pending_inline = !pending_inline
                 continue
             }
             if (match(l, /^[ \t]*enum[ \t]+[A-Za-z_][A-Za-z0-9_]*[ \t]*\{/)) {
