@@ -406,7 +406,7 @@ ct_cancel(void *op)
     }
 }
 
-/* ---- configuration and plugin -------------------------------------------- */
+/* ---- configuration and plugin ------------------------------------------ */
 
 static int
 ct_configure(const struct sl_host *h, void *plugin_ctx,

@@ -49,7 +49,7 @@
 #define OWED_RETRY_MS 1            /* retry an event the user cannot get, */
 #define OWED_RETRY_MAX_MS 1000     /* backing off up to this */
 
-/* ---- the pipe -------------------------------------------------------------- */
+/* ---- the pipe ---------------------------------------------------------- */
 
 struct hex_pipe {
     const struct sl_host *h;
@@ -589,7 +589,7 @@ hex_cancel(void *op)
     w->canceled = true;
 }
 
-/* ---- configuration and plugin --------------------------------------------- */
+/* ---- configuration and plugin ------------------------------------------ */
 
 static int
 hex_configure(const struct sl_host *h, void *plugin_ctx,

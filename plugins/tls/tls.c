@@ -64,7 +64,7 @@
 
 enum verify_mode { V_NONE, V_SYSTEM, V_CAFILE, V_PIN };
 
-/* ---- configuration ------------------------------------------------------- */
+/* ---- configuration ----------------------------------------------------- */
 
 struct tls_cfg {
     const struct sl_host *h;
@@ -166,7 +166,8 @@ alpn_wire(const struct sl_host *h, const char *list, unsigned char **out,
         if (k == 0 || k > 255 || o + 1 + k > 65535) {
             free(w);
             return h->error_set(e, SL_EINVAL, LAYER, "alpn=%s: each "
-                                "protocol must be 1 to 255 bytes, and all under 64 KiB", list);
+                                "protocol must be 1 to 255 bytes, and all "
+                                "under 64 KiB", list);
         }
         w[o++] = (unsigned char)k;
         memcpy(w + o, p, k);
@@ -486,7 +487,7 @@ fail:
     return r;
 }
 
-/* ---- the data path ------------------------------------------------------- */
+/* ---- the data path ----------------------------------------------------- */
 
 struct tls_pipe {
     const struct sl_host *h;
@@ -989,7 +990,7 @@ pipe_make(const struct sl_host *h, size_t read_buffer,
     return p;
 }
 
-/* ---- the handshake ------------------------------------------------------- */
+/* ---- the handshake ----------------------------------------------------- */
 
 struct tls_wrap {
     const struct sl_host *h;

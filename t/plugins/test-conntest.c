@@ -182,7 +182,7 @@ test_client_closed(void)
                  "connection closed during round 1 of 2 (1 of");
 }
 
-/* ---- the server -------------------------------------------------------------- */
+/* ---- the server -------------------------------------------------------- */
 
 /* Rounds of the given sizes, then 00 00 and `after`, in one write. */
 static size_t

@@ -27,7 +27,7 @@ const struct sl_plugin *sl_plugin_hex_describe(void);
 
 #define HARD_LIMIT_S 120
 
-/* ---- the codec ------------------------------------------------------------ */
+/* ---- the codec --------------------------------------------------------- */
 
 static void
 test_codec(void)
@@ -59,7 +59,7 @@ test_codec(void)
     CU_ASSERT(bad == 0);
 }
 
-/* ---- through the layer ------------------------------------------------------ */
+/* ---- through the layer ------------------------------------------------- */
 
 struct fixture {
     struct wh_raw raw;

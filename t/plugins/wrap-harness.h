@@ -31,7 +31,7 @@ static struct event_base *wh_base;
 static const struct sl_layer_ops *wh_ops;
 static void *wh_plugin_ctx;
 
-/* ---- the loop ------------------------------------------------------------ */
+/* ---- the loop ---------------------------------------------------------- */
 
 typedef bool wh_cond_fn(void *arg);
 
@@ -64,7 +64,7 @@ wh_run_for(int ms)
     wh_run_until(wh_never, NULL, ms);
 }
 
-/* ---- the layer ------------------------------------------------------------ */
+/* ---- the layer --------------------------------------------------------- */
 
 /* A configured layer from "key", "value" pairs (NULL-terminated); NULL,
  * with *e set, when the options or configure refuse them. */
@@ -184,7 +184,7 @@ wh_start_wrap(void *cfg, struct sl_pipe *lower, enum sl_role role,
     w->in_call = false;
 }
 
-/* ---- a pipe's user --------------------------------------------------------- */
+/* ---- a pipe's user ----------------------------------------------------- */
 
 struct wh_user {
     struct evbuffer *in;
@@ -263,7 +263,7 @@ wh_user_expect(struct wh_user *u, const void *want, size_t n)
     evbuffer_drain(u->in, n);
 }
 
-/* ---- the raw peer ----------------------------------------------------------- */
+/* ---- the raw peer ------------------------------------------------------ */
 
 enum wh_raw_kind { WH_RAW_FD, WH_RAW_BEV };
 
