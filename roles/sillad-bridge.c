@@ -716,7 +716,10 @@ all_gone(void *arg)
     struct app *a = arg;
 
     retired_sweep(a);
-    return a->retired == NULL && relay_closing() == 0;
+    /* Sessions freed with frames still queued close their lower pipes
+     * gracefully; those count in sl_pipe_count() until they are gone. */
+    return a->retired == NULL && relay_closing() == 0 &&
+           sl_pipe_count() == 0;
 }
 
 static void

@@ -77,6 +77,7 @@ struct xsess {
     int have_meta;
     int reap_pending;               /* a deferred xs_reap is queued */
     int64_t ntunnels;
+    json_t *meta;                   /* session metadata (§7.1), unused */
     struct xsess *prev, *next;
 };
 
@@ -328,6 +329,7 @@ xs_maybe_free(struct xsess *xs)
     if (xs->s != NULL || xs->ntunnels > 0 || xs->reap_pending)
         return;
     LIST_DEL(xs->app->sessions, xs);
+    json_decref(xs->meta);
     free(xs);
 }
 
@@ -611,13 +613,14 @@ xs_stream(struct sl_session *s, struct sl_pipe *stream, const void *meta,
     (void)s;
     if (!xs->have_meta && len > 0) {
         /* The first stream whose metadata is any JSON value carries the
-         * session metadata (§7.1); it is kept only as a log line. */
+         * session metadata (§7.1).  It is kept with the session; this
+         * exit does no DNS filtering, the only use Geph makes of it. */
         json_error_t je;
         json_t *j = json_loadb(meta, len, JSON_DECODE_ANY, &je);
 
         if (j != NULL) {
             xs->have_meta = 1;
-            json_decref(j);
+            xs->meta = j;
             sl_log(SL_LOG_DEBUG, "", "session %lu: metadata %.*s", xs->id,
                    (int)(len > 200 ? 200 : len), (const char *)meta);
             sl_pipe_free(stream);
@@ -1013,8 +1016,10 @@ all_gone(void *arg)
 {
     struct app *a = arg;
 
+    /* Sessions freed with frames still queued close their lower pipes
+     * gracefully; those count in sl_pipe_count() until they are gone. */
     return a->tunnels == NULL && a->sessions == NULL && a->links == NULL &&
-           relay_closing() == 0;
+           relay_closing() == 0 && sl_pipe_count() == 0;
 }
 
 static void
