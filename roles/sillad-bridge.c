@@ -711,6 +711,13 @@ on_reload(void *arg)
 }
 
 static int
+no_wait(void *arg)
+{
+    (void)arg;
+    return 1;
+}
+
+static int
 all_gone(void *arg)
 {
     struct app *a = arg;
@@ -751,6 +758,9 @@ shutdown_all(struct app *a)
         }
     }
     xc_drain(a->base, all_gone, a, 5000);
+    /* Lingering closes that outlived the bound are cut short. */
+    relay_closing_abort();
+    xc_drain(a->base, no_wait, NULL, 0);
 }
 
 int

@@ -1180,6 +1180,13 @@ on_reload(void *arg)
 }
 
 static int
+no_wait(void *arg)
+{
+    (void)arg;
+    return 1;
+}
+
+static int
 all_gone(void *arg)
 {
     struct app *a = arg;
@@ -1220,6 +1227,9 @@ shutdown_all(struct app *a)
     /* Cancelled resolves and dials call back from the loop; failure
      * replies finish flushing. */
     xc_drain(a->base, all_gone, a, FAIL_CLOSE_MS + 1000);
+    /* Lingering closes that outlived the bound are cut short. */
+    relay_closing_abort();
+    xc_drain(a->base, no_wait, NULL, 0);
 }
 
 /* ---- --print-pubkey ---------------------------------------------------------- */
