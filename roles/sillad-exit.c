@@ -28,7 +28,6 @@
 #include "exit-policy.h"
 #include "relay.h"
 #include "sillad.h"
-#include "stack-int.h"
 #include "tunnel.h"
 
 #define LISTEN_MAX 16
@@ -1237,10 +1236,13 @@ shutdown_all(struct app *a)
 static const char *
 e2e_key_path(const struct sl_stack *s)
 {
-    for (size_t i = 0; s != NULL && i < s->n; i++)
-        if (strcmp(s->l[i].ops->name, "e2e") == 0 &&
-            sl_opts_has(s->l[i].opts, "signing_key"))
-            return sl_opts_str(s->l[i].opts, "signing_key");
+    for (size_t i = 0; s != NULL && i < sl_stack_len(s); i++) {
+        const struct sl_opts *o = sl_stack_opts_at(s, i);
+
+        if (strcmp(sl_layer_get0_ops(sl_stack_layer_at(s, i))->name,
+                   "e2e") == 0 && sl_opts_has(o, "signing_key"))
+            return sl_opts_str(o, "signing_key");
+    }
     return NULL;
 }
 
