@@ -169,6 +169,9 @@ int sl_stack_produces(const struct sl_stack *s);
 /* Canonical one-line text (secret values shown as "***"). */
 char *sl_stack_to_string(const struct sl_stack *s);
 const struct sl_layer *sl_stack_layer_at(const struct sl_stack *s, size_t i);
+/* The checked options of layer i (defaults filled in; sl_opts_has tells
+ * what the text gave), or NULL past the end.  Borrowed from s. */
+const struct sl_opts *sl_stack_opts_at(const struct sl_stack *s, size_t i);
 
 /* ---- sessions (session.c) ----------------------------------------------- */
 

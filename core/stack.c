@@ -479,6 +479,12 @@ sl_stack_layer_at(const struct sl_stack *s, size_t i)
     return i < s->n ? s->l[i].layer : NULL;
 }
 
+const struct sl_opts *
+sl_stack_opts_at(const struct sl_stack *s, size_t i)
+{
+    return i < s->n ? s->l[i].opts : NULL;
+}
+
 char *
 sl_stack_to_string(const struct sl_stack *s)
 {

@@ -149,6 +149,10 @@ xc_drain(struct event_base *base, int (*done)(void *), void *arg, int ms)
         event_base_loop(base, EVLOOP_ONCE);
     if (tick != NULL)
         event_free(tick);
+    /* Freed bufferevents with deferred callbacks still queued are only
+     * released once those run: give them a few passes. */
+    for (int i = 0; i < 4; i++)
+        event_base_loop(base, EVLOOP_NONBLOCK);
 }
 
 const char *

@@ -36,7 +36,8 @@ int xc_array_len(struct sl_config *c, const char *ptr, size_t max,
 int xc_write_file(const char *path, const char *text, struct sl_error *e);
 
 /* Runs the loop until done(arg) returns true or ms pass, whichever comes
- * first (shutdown: lets cancelled operations call back). */
+ * first, then a few non-blocking passes (shutdown: lets cancelled
+ * operations call back and freed bufferevents finish). */
 void xc_drain(struct event_base *base, int (*done)(void *), void *arg,
               int ms);
 

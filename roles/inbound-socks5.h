@@ -19,8 +19,10 @@
 
 #include "sillad/plugin.h"
 
-/* Longest message of the exchange: a request with a 255-byte name. */
-#define S5_MSG_MAX 262
+/* Longest message of the exchange: an RFC 1929 request with a 255-byte
+ * user name and a 255-byte password (a request with a 255-byte name is
+ * 262). */
+#define S5_MSG_MAX 513
 
 #define S5_VERSION 5
 #define S5_AUTH_VERSION 1

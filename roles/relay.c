@@ -48,6 +48,21 @@ struct relay {
     struct relay_stats st;
 };
 
+/* Graceful closes in progress.  A layer with half-close (tcp) gets a
+ * lingering close: shutdown_write, which sends everything then FIN, and
+ * the pipe is kept, its input discarded, until the peer ends too (so it
+ * has read everything) or RELAY_CLOSE_MS pass.  Freeing the pipe once its
+ * output buffer is empty would be too early: the layer may still hold
+ * bytes the socket has not taken.  A layer without half-close (a picomux
+ * stream) keeps sending its data after the pipe is freed, so sl_pipe_close
+ * is enough there. */
+struct lingering {
+    struct sl_pipe *p;
+    struct event *timer;
+    struct lingering *prev, *next;
+};
+
+static struct lingering *lingers;
 static long closing_count;
 
 long
@@ -64,10 +79,95 @@ closed_cb(void *arg)
 }
 
 static void
-close_gracefully(struct sl_pipe *p)
+linger_end(struct lingering *l)
 {
+    if (l->prev != NULL)
+        l->prev->next = l->next;
+    else
+        lingers = l->next;
+    if (l->next != NULL)
+        l->next->prev = l->prev;
+    sl_pipe_free(l->p);
+    event_free(l->timer);
+    free(l);
+    closing_count--;
+}
+
+static void
+linger_readcb(struct bufferevent *bev, void *arg)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    (void)arg;
+    evbuffer_drain(in, evbuffer_get_length(in));
+}
+
+static void
+linger_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+        linger_end(arg);
+}
+
+static void
+linger_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    linger_end(arg);
+}
+
+static int pipe_half_close(struct sl_pipe *p);
+
+void
+relay_close_pipe(struct sl_pipe *p, int peer_ended)
+{
+    struct lingering *l = NULL;
+    struct bufferevent *bev;
+    struct timeval tv = { RELAY_CLOSE_MS / 1000,
+                          (RELAY_CLOSE_MS % 1000) * 1000 };
+
+    if (p == NULL)
+        return;
     closing_count++;
-    sl_pipe_close(p, RELAY_CLOSE_MS, closed_cb, NULL);
+    bev = sl_pipe_get0_bev(p);
+    if (!pipe_half_close(p) ||
+        (l = calloc(1, sizeof(*l))) == NULL ||
+        (l->timer = evtimer_new(bufferevent_get_base(bev), linger_timer_cb,
+                                l)) == NULL) {
+        free(l);
+        sl_pipe_close(p, RELAY_CLOSE_MS, closed_cb, NULL);
+        return;
+    }
+    l->p = p;
+    l->next = lingers;
+    if (lingers != NULL)
+        lingers->prev = l;
+    lingers = l;
+    sl_pipe_setcb(p, linger_readcb, NULL, linger_eventcb, l);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    if (!sl_pipe_write_shut(p))
+        sl_pipe_shutdown_write(p);
+    if (peer_ended) {
+        /* No EOF will come again: give the flush a short while. */
+        tv.tv_sec = 1;
+        tv.tv_usec = 0;
+    }
+    evtimer_add(l->timer, &tv);
+}
+
+void
+relay_closing_abort(void)
+{
+    while (lingers != NULL)
+        linger_end(lingers);
+}
+
+static void
+close_gracefully(struct sl_pipe *p, int peer_ended)
+{
+    relay_close_pipe(p, peer_ended);
 }
 
 /* Whether p's layer ends its send direction alone.  A pipe made by the
@@ -98,7 +198,7 @@ finish(struct relay *r, int failed, const char *why)
         if (failed == i || failed == 2)
             sl_pipe_free(r->s[i].p);
         else
-            close_gracefully(r->s[i].p);
+            close_gracefully(r->s[i].p, r->s[i].eof_seen);
         r->s[i].p = NULL;
     }
     if (r->idle_ev != NULL)

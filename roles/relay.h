@@ -62,10 +62,22 @@ void relay_free(struct relay *r);
 /* The bytes moved so far. */
 void relay_get_stats(const struct relay *r, struct relay_stats *st);
 
-/* Number of pipes handed to a graceful close by relays of this process
- * that have not been freed yet.  A program that wants to exit without
- * leaks runs its loop until this is 0 (each close ends within
- * RELAY_CLOSE_MS). */
+/* Consumes p: closes it gracefully.  A layer with half-close (tcp) gets a
+ * lingering close: everything written is sent, then FIN, and the pipe is
+ * kept (its input discarded) until the peer ends its side too, so it has
+ * read everything, or RELAY_CLOSE_MS pass (1 s when peer_ended says the
+ * peer's EOF was already seen).  Freeing the pipe as soon as its output
+ * buffer is empty could lose what the layer has not yet handed to the
+ * socket.  Other layers get sl_pipe_close().  Relays close their pipes
+ * this way; programs use it for their own replies (an error answer). */
+void relay_close_pipe(struct sl_pipe *p, int peer_ended);
+
+/* Number of pipes in a graceful close started by relay_close_pipe (or a
+ * relay) that have not been freed yet.  A program that wants to exit
+ * without leaks runs its loop until this is 0 (each close ends within
+ * RELAY_CLOSE_MS), or calls relay_closing_abort() to free the lingering
+ * ones at once. */
 long relay_closing(void);
+void relay_closing_abort(void);
 
 #endif /* SILLAD_ROLES_RELAY_H */

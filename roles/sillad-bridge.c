@@ -711,12 +711,22 @@ on_reload(void *arg)
 }
 
 static int
+no_wait(void *arg)
+{
+    (void)arg;
+    return 1;
+}
+
+static int
 all_gone(void *arg)
 {
     struct app *a = arg;
 
     retired_sweep(a);
-    return a->retired == NULL && relay_closing() == 0;
+    /* Sessions freed with frames still queued close their lower pipes
+     * gracefully; those count in sl_pipe_count() until they are gone. */
+    return a->retired == NULL && relay_closing() == 0 &&
+           sl_pipe_count() == 0;
 }
 
 static void
@@ -748,6 +758,9 @@ shutdown_all(struct app *a)
         }
     }
     xc_drain(a->base, all_gone, a, 5000);
+    /* Lingering closes that outlived the bound are cut short. */
+    relay_closing_abort();
+    xc_drain(a->base, no_wait, NULL, 0);
 }
 
 int

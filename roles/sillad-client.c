@@ -338,7 +338,6 @@ struct client {
     struct sl_stack *s5_stack, *http_stack;
     struct sl_listener *s5_l, *http_l;
     struct conn *conns;
-    long closing;               /* our pipes in a graceful close */
     struct sl_signals *sig;
     int stopping;
     int exit_code;
@@ -349,20 +348,12 @@ static void slot_dial(struct slot *sl);
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static void
-closed_cb(void *arg)
-{
-    ((struct client *)arg)->closing--;
-}
-
 /* Flushes what p has to send, then frees it. */
 static void
 close_pipe(struct client *c, struct sl_pipe *p)
 {
-    if (p == NULL)
-        return;
-    c->closing++;
-    sl_pipe_close(p, RELAY_CLOSE_MS, closed_cb, c);
+    (void)c;
+    relay_close_pipe(p, 0);
 }
 
 static void
@@ -1448,9 +1439,10 @@ out:
     if (c.base != NULL) {
         int64_t t0 = sl_now_ms();
 
-        while ((pool_busy(&c.pool) || c.closing > 0 || relay_closing() > 0) &&
+        while ((pool_busy(&c.pool) || relay_closing() > 0) &&
                sl_now_ms() - t0 < STOP_DRAIN_MS)
             event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+        relay_closing_abort();
         /* Deferred frees of the closes above. */
         event_base_loop(c.base, EVLOOP_NONBLOCK);
     }

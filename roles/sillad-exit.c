@@ -4,14 +4,17 @@
  *
  *   sillad-exit -c FILE [--check | --print-pubkey] [-v] [--addr-file F]
  *
- * Wire behaviour follows sillad-and-stacks.md §7 (streams of a session)
- * and §8.3 (the b2e port).
+ * Wire behaviour follows sillad-and-stacks.md §7 (streams of a session,
+ * TCP and UDP tunnels) and §8.3 (the b2e port).
  */
 #include "config.h"
 
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +28,6 @@
 #include "exit-policy.h"
 #include "relay.h"
 #include "sillad.h"
-#include "stack-int.h"
 #include "tunnel.h"
 
 #define LISTEN_MAX 16
@@ -34,6 +36,8 @@
 #define DIAL_ADDRS_MAX 4        /* resolved addresses tried in turn */
 #define META_MAX 65536          /* session metadata kept */
 #define FAIL_CLOSE_MS 5000      /* flushing a failure reply */
+#define UDP_IDLE_MS 60000       /* a UDP tunnel's idle timeout (§7.5) */
+#define UDP_OUT_MAX (1024 * 1024) /* datagrams queued towards the client */
 
 struct xconf {
     struct sl_config *cfg;
@@ -77,10 +81,11 @@ struct xsess {
     int have_meta;
     int reap_pending;               /* a deferred xs_reap is queued */
     int64_t ntunnels;
+    json_t *meta;                   /* session metadata (§7.1), unused */
     struct xsess *prev, *next;
 };
 
-enum tstate { T_RESOLVE, T_CONNECT, T_RELAY };
+enum tstate { T_RESOLVE, T_CONNECT, T_RELAY, T_UDP };
 
 struct tunnel {
     struct app *app;
@@ -92,6 +97,10 @@ struct tunnel {
     struct sl_dialer *dialer;
     struct sl_dial_op *dial_op;
     struct relay *relay;
+    int udp_fd;                     /* T_UDP: the connected socket */
+    struct event *udp_ev, *udp_idle;
+    uint64_t udp_up, udp_down, udp_dropped;
+    int64_t udp_last_ms;
     int cancelled;
     int64_t start_ms, open_ms;
     char dest[300];                 /* host:port as asked */
@@ -328,6 +337,7 @@ xs_maybe_free(struct xsess *xs)
     if (xs->s != NULL || xs->ntunnels > 0 || xs->reap_pending)
         return;
     LIST_DEL(xs->app->sessions, xs);
+    json_decref(xs->meta);
     free(xs);
 }
 
@@ -338,6 +348,12 @@ tunnel_free(struct tunnel *t)
 
     LIST_DEL(t->app->tunnels, t);
     relay_free(t->relay);
+    if (t->udp_ev != NULL)
+        event_free(t->udp_ev);
+    if (t->udp_idle != NULL)
+        event_free(t->udp_idle);
+    if (t->udp_fd >= 0)
+        close(t->udp_fd);
     sl_pipe_free(t->stream);
     sl_dialer_free(t->dialer);
     free(t);
@@ -458,6 +474,158 @@ on_dialed(struct sl_pipe *p, struct sl_session *s, const struct sl_error *err,
     }
 }
 
+/* ---- UDP and DNS tunnels (§7.5): datagrams framed as a little-endian
+ * u16 length and the datagram, both ways, over a connected socket. ---- */
+
+static void
+udp_end(struct tunnel *t, const char *why)
+{
+    int64_t ms = sl_now_ms() - t->start_ms;
+
+    sl_log(SL_LOG_INFO, "", "session %lu: tunnel udp %s (%s): %llu bytes "
+           "up, %llu down, %llu datagrams dropped, %lld.%03lld s, %s",
+           t->xs->id, t->dest, t->resolved,
+           (unsigned long long)t->udp_up, (unsigned long long)t->udp_down,
+           (unsigned long long)t->udp_dropped, (long long)(ms / 1000),
+           (long long)(ms % 1000), why);
+    if (t->stream != NULL) {
+        sl_pipe_close(t->stream, FAIL_CLOSE_MS, NULL, NULL);
+        t->stream = NULL;
+    }
+    tunnel_free(t);
+}
+
+static void
+udp_stream_read(struct bufferevent *bev, void *arg)
+{
+    struct tunnel *t = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    unsigned char hdr[2], *dgram;
+    size_t len;
+
+    while (evbuffer_copyout(in, hdr, 2) == 2) {
+        len = (size_t)hdr[0] | (size_t)hdr[1] << 8;
+        if (evbuffer_get_length(in) < 2 + len)
+            break;
+        evbuffer_drain(in, 2);
+        dgram = evbuffer_pullup(in, (ev_ssize_t)len);
+        if (len == 0 || dgram != NULL) {
+            /* A full socket buffer drops the datagram, as UDP may. */
+            if (send(t->udp_fd, len ? dgram : hdr, len, 0) < 0)
+                t->udp_dropped++;
+            else
+                t->udp_up += len;
+        }
+        evbuffer_drain(in, len);
+        t->udp_last_ms = sl_now_ms();
+    }
+}
+
+static void
+udp_stream_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & BEV_EVENT_ERROR)
+        udp_end(arg, "client stream failed");
+    else if (what & BEV_EVENT_EOF)
+        udp_end(arg, "done");
+}
+
+static void
+udp_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct tunnel *t = arg;
+    struct evbuffer *out = bufferevent_get_output(sl_pipe_get0_bev(t->stream));
+    unsigned char buf[65536];
+
+    (void)what;
+    /* A bounded number of datagrams per wakeup keeps the loop fair. */
+    for (int i = 0; i < 64; i++) {
+        ssize_t n = recv(fd, buf, sizeof(buf), 0);
+        unsigned char hdr[2];
+
+        if (n < 0)
+            break;   /* EAGAIN, or an ICMP error from an earlier send */
+        if (n > 65535)
+            n = 65535;
+        t->udp_last_ms = sl_now_ms();
+        if (evbuffer_get_length(out) > UDP_OUT_MAX) {
+            t->udp_dropped++;
+            continue;
+        }
+        hdr[0] = (unsigned char)(n & 0xff);
+        hdr[1] = (unsigned char)(n >> 8);
+        evbuffer_add(out, hdr, 2);
+        evbuffer_add(out, buf, (size_t)n);
+        t->udp_down += (uint64_t)n;
+    }
+}
+
+static void
+udp_idle_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct tunnel *t = arg;
+    int64_t quiet = sl_now_ms() - t->udp_last_ms;
+    struct timeval tv;
+
+    (void)fd;
+    (void)what;
+    if (quiet >= UDP_IDLE_MS) {
+        udp_end(t, "idle");
+        return;
+    }
+    quiet = UDP_IDLE_MS - quiet;
+    tv.tv_sec = (time_t)(quiet / 1000);
+    tv.tv_usec = (suseconds_t)(quiet % 1000) * 1000;
+    evtimer_add(t->udp_idle, &tv);
+}
+
+/* First IPv4 address only, as the Rust exit (§7.4). */
+static void
+udp_start(struct tunnel *t, const struct addrinfo *ai)
+{
+    struct app *a = t->app;
+    const struct addrinfo *i;
+    struct timeval tv = { UDP_IDLE_MS / 1000, 0 };
+    char text[300];
+
+    for (i = ai; i != NULL && i->ai_family != AF_INET; i = i->ai_next)
+        ;
+    if (i == NULL) {
+        tunnel_fail(t, TUN_FAIL_DNS ": no IPv4 address for a udp tunnel");
+        return;
+    }
+    if (((const struct sockaddr_in *)i->ai_addr)->sin_port == htons(443)) {
+        tunnel_fail(t, "udp to port 443 (QUIC) refused");
+        return;
+    }
+    xc_format_addr(i->ai_addr, t->resolved, sizeof(t->resolved));
+    t->udp_fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                       0);
+    if (t->udp_fd < 0 || connect(t->udp_fd, i->ai_addr, i->ai_addrlen) != 0) {
+        snprintf(text, sizeof(text), "%s: %s",
+                 errno == ENETUNREACH ? TUN_FAIL_NETUNR : TUN_FAIL_UNREACH,
+                 strerror(errno));
+        tunnel_fail(t, text);
+        return;
+    }
+    t->udp_ev = event_new(a->base, t->udp_fd, EV_READ | EV_PERSIST,
+                          udp_readable, t);
+    t->udp_idle = evtimer_new(a->base, udp_idle_check, t);
+    if (t->udp_ev == NULL || t->udp_idle == NULL) {
+        tunnel_fail(t, "out of memory");
+        return;
+    }
+    t->state = T_UDP;
+    t->udp_last_ms = sl_now_ms();
+    if (t->cmd.rich)
+        send_reply(t, tun_reply_ok(t->resolved, -1));
+    event_add(t->udp_ev, NULL);
+    evtimer_add(t->udp_idle, &tv);
+    sl_pipe_setcb(t->stream, udp_stream_read, NULL, udp_stream_event, t);
+    bufferevent_enable(sl_pipe_get0_bev(t->stream), EV_READ | EV_WRITE);
+}
+
 static void
 on_resolved(int err, const char *why, const struct addrinfo *ai, void *arg)
 {
@@ -490,6 +658,10 @@ on_resolved(int err, const char *why, const struct addrinfo *ai, void *arg)
             tunnel_fail(t, text);
             return;
         }
+    }
+    if (t->cmd.proto == TUN_UDP) {
+        udp_start(t, ai);
+        return;
     }
     len = (size_t)snprintf(text, sizeof(text), "timeout(%lldms, fallback(",
                            (long long)a->conf->connect_timeout_ms);
@@ -558,6 +730,7 @@ tunnel_start(struct xsess *xs, struct sl_pipe *stream,
     t->cmd = *cmd;
     t->start_ms = sl_now_ms();
     t->open_ms = -1;
+    t->udp_fd = -1;
     snprintf(t->dest, sizeof(t->dest), strchr(cmd->host, ':') ? "[%s]:%s"
              : "%s:%s", cmd->host, cmd->port);
     if (cmd->host[0] == '\0')
@@ -572,10 +745,6 @@ tunnel_start(struct xsess *xs, struct sl_pipe *stream,
     }
     if (xs->ntunnels > a->conf->max_streams) {
         tunnel_fail(t, "too many streams on this session");
-        return;
-    }
-    if (cmd->proto == TUN_UDP) {
-        tunnel_fail(t, "udp not supported");
         return;
     }
     if (exit_policy_check_name(a->conf->policy, cmd->host, &name_allowed,
@@ -611,13 +780,14 @@ xs_stream(struct sl_session *s, struct sl_pipe *stream, const void *meta,
     (void)s;
     if (!xs->have_meta && len > 0) {
         /* The first stream whose metadata is any JSON value carries the
-         * session metadata (§7.1); it is kept only as a log line. */
+         * session metadata (§7.1).  It is kept with the session; this
+         * exit does no DNS filtering, the only use Geph makes of it. */
         json_error_t je;
         json_t *j = json_loadb(meta, len, JSON_DECODE_ANY, &je);
 
         if (j != NULL) {
             xs->have_meta = 1;
-            json_decref(j);
+            xs->meta = j;
             sl_log(SL_LOG_DEBUG, "", "session %lu: metadata %.*s", xs->id,
                    (int)(len > 200 ? 200 : len), (const char *)meta);
             sl_pipe_free(stream);
@@ -1009,12 +1179,21 @@ on_reload(void *arg)
 }
 
 static int
+no_wait(void *arg)
+{
+    (void)arg;
+    return 1;
+}
+
+static int
 all_gone(void *arg)
 {
     struct app *a = arg;
 
+    /* Sessions freed with frames still queued close their lower pipes
+     * gracefully; those count in sl_pipe_count() until they are gone. */
     return a->tunnels == NULL && a->sessions == NULL && a->links == NULL &&
-           relay_closing() == 0;
+           relay_closing() == 0 && sl_pipe_count() == 0;
 }
 
 static void
@@ -1047,6 +1226,9 @@ shutdown_all(struct app *a)
     /* Cancelled resolves and dials call back from the loop; failure
      * replies finish flushing. */
     xc_drain(a->base, all_gone, a, FAIL_CLOSE_MS + 1000);
+    /* Lingering closes that outlived the bound are cut short. */
+    relay_closing_abort();
+    xc_drain(a->base, no_wait, NULL, 0);
 }
 
 /* ---- --print-pubkey ---------------------------------------------------------- */
@@ -1054,10 +1236,13 @@ shutdown_all(struct app *a)
 static const char *
 e2e_key_path(const struct sl_stack *s)
 {
-    for (size_t i = 0; s != NULL && i < s->n; i++)
-        if (strcmp(s->l[i].ops->name, "e2e") == 0 &&
-            sl_opts_has(s->l[i].opts, "signing_key"))
-            return sl_opts_str(s->l[i].opts, "signing_key");
+    for (size_t i = 0; s != NULL && i < sl_stack_len(s); i++) {
+        const struct sl_opts *o = sl_stack_opts_at(s, i);
+
+        if (strcmp(sl_layer_get0_ops(sl_stack_layer_at(s, i))->name,
+                   "e2e") == 0 && sl_opts_has(o, "signing_key"))
+            return sl_opts_str(o, "signing_key");
+    }
     return NULL;
 }
 

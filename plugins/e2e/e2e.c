@@ -71,6 +71,12 @@
 #define LAYER "e2e"
 #define TX_QUEUE (256 * 1024)     /* ciphertext waiting in the lower output */
 #define TX_PULL (256 * 1024)      /* user bytes moved to us at a time */
+/* Plaintext opened, and ciphertext sealed, per commit: a chain per
+ * message would cost an allocation per message here and downstream. */
+#define RX_BATCH (128 * 1024 - 512)
+#define TX_BATCH (128 * 1024 - 512)
+#define COMPACT_CHAINS 16         /* compact the lower input beyond this */
+#define COMPACT_SMALL 4096        /* many chains of under this on average */
 #define SS_MAX 256                /* largest shared secret used */
 #define REASON_SHOWN 120          /* characters of a Reject reason shown */
 #define OWED_RETRY_MS 1
@@ -189,7 +195,6 @@ struct e2e_pipe {
     unsigned eof_done : 1, err_done : 1;
     unsigned tx_failed : 1;
     unsigned shut_pending : 1, shut_done : 1;
-    unsigned char buf[E2E_CHUNK_MAX];  /* plaintext being sealed */
 };
 
 static void
@@ -328,6 +333,104 @@ be32(const unsigned char *p)
 
 enum rx_result { RX_BLOCKED, RX_INCOMPLETE, RX_STOP };
 
+/*
+ * Opens the messages at the head of src into dst: as many as lie
+ * complete in src's first chain (pulled up first when the first message
+ * is split), straight into one stretch of room reserved in dst, handed on
+ * in one commit.  Returns the number of messages consumed (check
+ * ep->dead after), 0 when the next one is not all here yet, or -1 after
+ * rx_end.  A bad message behind good ones is left for the next call,
+ * which reports it.
+ */
+static int
+rx_batch(struct e2e_pipe *ep, struct evbuffer *src, struct evbuffer *dst)
+{
+    size_t have = evbuffer_get_length(src), inlen, cap, len;
+    size_t in_off = 0, out_off = 0;
+    struct evbuffer_iovec v, room;
+    unsigned char *in;
+    int n = 0;
+
+    if (have < 4 || evbuffer_peek(src, -1, NULL, &v, 1) < 1)
+        return 0;
+    in = v.iov_base;
+    inlen = v.iov_len;
+    if (inlen < 4) {
+        if ((in = evbuffer_pullup(src, 4)) == NULL)
+            goto nomem;
+        inlen = 4;
+    }
+    len = be32(in);
+    if (len > E2E_MSG_MAX) {
+        rx_end(ep, "crypt message longer than 100000 bytes");
+        return -1;
+    }
+    if (len < E2E_TAG_LEN) {
+        rx_end(ep, "crypt message shorter than its tag");
+        return -1;
+    }
+    if (have < 4 + len) {
+        make_room(ep->lbev, 4 + len);
+        return 0;
+    }
+    if (inlen < 4 + len) {
+        if ((in = evbuffer_pullup(src, (ev_ssize_t)(4 + len))) == NULL)
+            goto nomem;
+        inlen = 4 + len;
+    }
+    /* Plaintext never outgrows its messages. */
+    cap = inlen < RX_BATCH ? inlen : RX_BATCH;
+    if (cap < len)
+        cap = len;
+    if (evbuffer_reserve_space(dst, (ev_ssize_t)cap, &room, 1) < 1 ||
+        room.iov_len < cap)
+        goto nomem;
+    while (inlen - in_off >= 4) {
+        len = be32(in + in_off);
+        if (len > E2E_MSG_MAX || len < E2E_TAG_LEN ||
+            inlen - in_off - 4 < len || cap - out_off < len - E2E_TAG_LEN)
+            break;
+        if (ep->rx_ctr == UINT64_MAX ||
+            e2e_crypt_open(ep->rx_key, ep->rx_ctr, in + in_off + 4, len,
+                           (unsigned char *)room.iov_base + out_off) != 0) {
+            if (n > 0)
+                break;
+            rx_end(ep, "crypt message authentication failed");
+            return -1;
+        }
+        ep->rx_ctr++;
+        in_off += 4 + len;
+        out_off += len - E2E_TAG_LEN;
+        n++;
+    }
+    /* Consume, then deliver; the drain may re-enter (guarded). */
+    evbuffer_drain(src, in_off);
+    if (out_off > 0) {
+        room.iov_len = out_off;
+        evbuffer_commit_space(dst, &room, 1);
+    }
+    return n;
+nomem:
+    rx_end(ep, "out of memory");
+    return -1;
+}
+
+/*
+ * Gathers what waits below into one chain when it lies in many small ones:
+ * read in tiny pieces (a trickling peer, SL_DBG_RMAX), a waiting message
+ * would cost a chain per piece, far more memory than its bytes.  Large
+ * chains are left alone.  (As in sosistab3.c.)
+ */
+static void
+compact(struct evbuffer *src)
+{
+    size_t have = evbuffer_get_length(src);
+    int chains = evbuffer_peek(src, -1, NULL, NULL, 0);
+
+    if (chains > COMPACT_CHAINS && have / (size_t)chains < COMPACT_SMALL)
+        evbuffer_pullup(src, (ev_ssize_t)have);
+}
+
 /* Opens (or, plain, moves) what the lower input holds into mine.output. */
 static enum rx_result
 rx_messages(struct e2e_pipe *ep)
@@ -336,14 +439,16 @@ rx_messages(struct e2e_pipe *ep)
     struct evbuffer *dst = bufferevent_get_output(ep->mine);
 
     for (;;) {
-        size_t have = evbuffer_get_length(src), queued, len;
-        unsigned char hdr[4], *msg;
-        struct evbuffer_iovec room;
+        size_t have = evbuffer_get_length(src);
+        size_t queued = evbuffer_get_length(dst);
+        int r;
 
-        queued = evbuffer_get_length(dst);
         /* After the peer's EOF nothing more arrives: open it all. */
-        if (!ep->lower_eof && queued >= ep->read_buffer)
+        if (!ep->lower_eof && queued >= ep->read_buffer) {
+            if (ep->crypt)
+                compact(src);
             return RX_BLOCKED;
+        }
         if (!ep->crypt) {
             size_t n = ep->lower_eof ? have : ep->read_buffer - queued;
 
@@ -357,52 +462,13 @@ rx_messages(struct e2e_pipe *ep)
                 return RX_STOP;
             continue;
         }
-        if (have < 4)
-            return RX_INCOMPLETE;
-        evbuffer_copyout(src, hdr, 4);
-        len = be32(hdr);
-        if (len > E2E_MSG_MAX) {
-            rx_end(ep, "crypt message longer than 100000 bytes");
+        r = rx_batch(ep, src, dst);
+        if (ep->dead || r < 0)
             return RX_STOP;
-        }
-        if (len < E2E_TAG_LEN) {
-            rx_end(ep, "crypt message shorter than its tag");
-            return RX_STOP;
-        }
-        if (have < 4 + len) {
-            make_room(ep->lbev, 4 + len);
+        if (r == 0) {
+            compact(src);
             return RX_INCOMPLETE;
         }
-        if ((msg = evbuffer_pullup(src, (ev_ssize_t)(4 + len))) == NULL) {
-            rx_end(ep, "out of memory");
-            return RX_STOP;
-        }
-        if (len > E2E_TAG_LEN) {
-            if (evbuffer_reserve_space(dst, (ev_ssize_t)(len - E2E_TAG_LEN),
-                                       &room, 1) < 1 ||
-                room.iov_len < len - E2E_TAG_LEN) {
-                rx_end(ep, "out of memory");
-                return RX_STOP;
-            }
-        } else {
-            room.iov_base = ep->buf;   /* an empty message: no room */
-            room.iov_len = 0;
-        }
-        if (ep->rx_ctr == UINT64_MAX ||
-            e2e_crypt_open(ep->rx_key, ep->rx_ctr, msg + 4, len,
-                           room.iov_base) != 0) {
-            rx_end(ep, "crypt message authentication failed");
-            return RX_STOP;
-        }
-        ep->rx_ctr++;
-        /* Consume, then deliver; the drain may re-enter (guarded). */
-        evbuffer_drain(src, 4 + len);
-        if (len > E2E_TAG_LEN) {
-            room.iov_len = len - E2E_TAG_LEN;
-            evbuffer_commit_space(dst, &room, 1);
-        }
-        if (ep->dead)
-            return RX_STOP;
     }
 }
 
@@ -442,8 +508,13 @@ tx_fail(struct e2e_pipe *ep, const char *why)
     deliver_error(ep, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
 }
 
-/* Seals what the user wrote, one message per 8192 bytes at most (plain:
- * moves it).  Returns false when ep died or failed. */
+/*
+ * Seals what the user wrote, one message per 8192 bytes at most, back to
+ * back into one stretch of room in the lower output (about TX_BATCH
+ * bytes), committed together; a chunk lying in one chain is sealed
+ * straight from it, else copied into place and sealed there.  Plain:
+ * moves the bytes.  Returns false when ep died or failed.
+ */
 static bool
 tx_messages(struct e2e_pipe *ep)
 {
@@ -452,8 +523,10 @@ tx_messages(struct e2e_pipe *ep)
     size_t len;
 
     while ((len = evbuffer_get_length(src)) > 0) {
-        struct evbuffer_iovec room;
-        size_t n;
+        struct evbuffer_iovec room, chunk;
+        struct evbuffer_ptr pos;
+        size_t cap = 0, used = 0, taken = 0;
+        unsigned char *out;
 
         if (evbuffer_get_length(dst) >= TX_QUEUE)
             return true;
@@ -466,29 +539,54 @@ tx_messages(struct e2e_pipe *ep)
             }
             return !ep->dead;
         }
-        n = len < E2E_CHUNK_MAX ? len : E2E_CHUNK_MAX;
-        if (ep->tx_ctr == UINT64_MAX) {
-            tx_fail(ep, "crypt message counter exhausted");
-            return false;
+        while (taken < len && cap < TX_BATCH) {
+            size_t n = len - taken < E2E_CHUNK_MAX ? len - taken
+                                                   : E2E_CHUNK_MAX;
+
+            cap += 4 + n + E2E_TAG_LEN;
+            taken += n;
         }
-        if (evbuffer_reserve_space(dst, (ev_ssize_t)(4 + n + E2E_TAG_LEN),
-                                   &room, 1) < 1 ||
-            room.iov_len < 4 + n + E2E_TAG_LEN) {
+        taken = 0;
+        if (evbuffer_reserve_space(dst, (ev_ssize_t)cap, &room, 1) < 1 ||
+            room.iov_len < cap) {
             tx_fail(ep, "out of memory");
             return false;
         }
-        evbuffer_copyout(src, ep->buf, n);
-        if (e2e_crypt_seal(ep->tx_key, ep->tx_ctr, ep->buf, n,
-                           room.iov_base) != 0) {
-            tx_fail(ep, "cannot seal a crypt message");
-            return false;
+        out = room.iov_base;
+        while (taken < len) {
+            size_t n = len - taken < E2E_CHUNK_MAX ? len - taken
+                                                   : E2E_CHUNK_MAX;
+            const unsigned char *data;
+
+            if (used + 4 + n + E2E_TAG_LEN > cap)
+                break;
+            if (ep->tx_ctr == UINT64_MAX) {
+                tx_fail(ep, "crypt message counter exhausted");
+                return false;
+            }
+            evbuffer_ptr_set(src, &pos, taken, EVBUFFER_PTR_SET);
+            if (evbuffer_peek(src, (ev_ssize_t)n, &pos, &chunk, 1) >= 1 &&
+                chunk.iov_len >= n) {
+                data = chunk.iov_base;
+            } else {
+                /* Sealed in place: the cipher allows it. */
+                evbuffer_copyout_from(src, &pos, out + used + 4, n);
+                data = out + used + 4;
+            }
+            if (e2e_crypt_seal(ep->tx_key, ep->tx_ctr, data, n,
+                               out + used) != 0) {
+                tx_fail(ep, "cannot seal a crypt message");
+                return false;
+            }
+            ep->tx_ctr++;
+            used += 4 + n + E2E_TAG_LEN;
+            taken += n;
         }
-        ep->tx_ctr++;
-        room.iov_len = 4 + n + E2E_TAG_LEN;
+        room.iov_len = used;
         evbuffer_commit_space(dst, &room, 1);
         if (ep->dead || ep->tx_failed)
             return false;
-        evbuffer_drain(src, n);
+        evbuffer_drain(src, taken);
         if (ep->dead)
             return false;
     }

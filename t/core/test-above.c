@@ -90,6 +90,8 @@ test_parse(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(s);
     CU_ASSERT_EQUAL(sl_stack_len(s), 2);
     CU_ASSERT_EQUAL(sl_stack_produces(s), SL_IO_PIPE);
+    CU_ASSERT_TEXT(sl_opts_str(sl_stack_opts_at(s, 1), "key"), "j");
+    CU_ASSERT_PTR_NULL(sl_stack_opts_at(s, 2));
     /* Not listenable or dialable on its own. */
     sl_error_clear(&e);
     CU_ASSERT_PTR_NULL(sl_listener_new(s, base, on_conn, NULL, &e));

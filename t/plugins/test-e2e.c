@@ -1351,13 +1351,22 @@ bad_message(int how)
     } else if (how == 1) {
         memcpy(big, "\x00\x01\x86\xa1zzzz", 8);
         raw_write(&r, big, 8);
-    } else {
+    } else if (how == 2) {
         /* Replayed: message 0 again. */
         raw_write(&r, msg, 25);
+    } else {
+        /* A good message and a tampered one in one piece: the good one
+         * is delivered, then reading ends. */
+        uint8_t two[50];
+
+        e2e_crypt_seal(e2c, 1, "again", 5, two);
+        e2e_crypt_seal(e2c, 2, "wrong", 5, two + 25);
+        two[40] ^= 0x01;
+        raw_write(&r, two, sizeof(two));
     }
     CU_ASSERT(run_until(user_ended, &u, WAIT_MS));
     CU_ASSERT(u.eof && !u.error);
-    CU_ASSERT(evbuffer_get_length(u.in) == 5);
+    CU_ASSERT(evbuffer_get_length(u.in) == (how == 3 ? 10u : 5u));
     err = sl_pipe_get0_error(p);
     CU_ASSERT_FATAL(err != NULL);
     CU_ASSERT_TEXT(err->text, how == 1
@@ -1388,6 +1397,7 @@ test_crypt_bad_messages(void)
     bad_message(0);
     bad_message(1);
     bad_message(2);
+    bad_message(3);
 }
 
 /* Large writes become messages of at most 8192 plaintext bytes. */

@@ -102,9 +102,9 @@ test_auth(void)
     sl_error_clear(&e);
     CU_ASSERT_EQUAL(s5_auth_parse(nul, sizeof(nul), &a, &e), -1);
     CU_ASSERT_TEXT(e.text, "authentication: NUL in user name or password");
-    /* The longest: 255 + 255. */
+    /* The longest message of all: 255 + 255. */
     {
-        uint8_t big[3 + 255 + 255];
+        uint8_t big[S5_MSG_MAX];
 
         memset(big, 'x', sizeof(big));
         big[0] = 1;
@@ -157,7 +157,7 @@ test_request(void)
     check_request(name, sizeof(name), "example.com", 80, 3);
     /* A 255-byte name: the longest message. */
     {
-        uint8_t big[S5_MSG_MAX];
+        uint8_t big[262];
         char want[256];
 
         big[0] = 5;

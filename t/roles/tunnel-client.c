@@ -8,7 +8,10 @@
  * "reply: JSON"; a stream that ends before its reply prints "closed
  * without reply".  With --bytes N (one stream) it then sends N bytes and
  * expects them back (an echo server behind the exit), printing
- * "echo: N bytes ok".  With --hold, streams that got a success reply stay
+ * "echo: N bytes ok".  With --datagrams N (a udp command) it sends N
+ * datagrams framed as in §7.5 (little-endian u16 length, then the bytes;
+ * datagram k has k*37 bytes) and expects each back from a UDP echo
+ * server, printing "datagrams: N ok".  With --hold, streams that got a success reply stay
  * open until every stream has its reply (so that they count against the
  * exit's per-session limit).  Exit status 0 when every stream did what was
  * asked, 1 otherwise; everything is bounded by a 20 s timer.
@@ -36,7 +39,7 @@ struct st {
 struct cl {
     struct event_base *base;
     const char *cmd;
-    int rich, parallel, no_meta, hold;
+    int rich, parallel, no_meta, hold, datagrams;
     size_t bytes;
     unsigned char *data;
     struct sl_session *s;
@@ -65,6 +68,20 @@ st_end(struct st *s, int ok)
     sl_pipe_free(s->p);
     s->p = NULL;
     check_done(s->cl);
+}
+
+static void
+send_datagrams(struct cl *c, struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+
+    for (int k = 1; k <= c->datagrams; k++) {
+        unsigned char hdr[2] = { (unsigned char)(k * 37 & 0xff),
+                                 (unsigned char)(k * 37 >> 8) };
+
+        evbuffer_add(out, hdr, 2);
+        evbuffer_add(out, c->data, (size_t)k * 37);
+    }
 }
 
 static void
@@ -100,16 +117,41 @@ st_read(struct bufferevent *bev, void *arg)
             return;
         }
         free(p);
+        if (c->datagrams > 0)
+            send_datagrams(c, bev);
         if (c->bytes == 0 && c->hold) {
             s->ended = 1;
             s->ok = 1;
             check_done(c);
             return;
         }
-        if (c->bytes == 0) {
+        if (c->bytes == 0 && c->datagrams == 0) {
             st_end(s, 1);
             return;
         }
+    }
+    if (c->datagrams > 0) {
+        size_t want = 0;
+
+        evbuffer_add_buffer(s->echo, in);
+        for (int k = 1; k <= c->datagrams; k++)
+            want += 2 + (size_t)k * 37;
+        if (evbuffer_get_length(s->echo) >= want) {
+            const unsigned char *b = evbuffer_pullup(s->echo, -1);
+            int same = evbuffer_get_length(s->echo) == want;
+
+            for (int k = 1; same && k <= c->datagrams; k++) {
+                size_t n = (size_t)k * 37;
+
+                same = (b[0] | b[1] << 8) == (int)n &&
+                       memcmp(b + 2, c->data, n) == 0;
+                b += 2 + n;
+            }
+            printf("datagrams: %d %s\n", c->datagrams,
+                   same ? "ok" : "differ");
+            st_end(s, same);
+        }
+        return;
     }
     if (c->bytes > 0) {
         evbuffer_add_buffer(s->echo, in);
@@ -183,6 +225,8 @@ on_dialed(struct sl_pipe *p, struct sl_session *s, const struct sl_error *err,
         bufferevent_enable(sl_pipe_get0_bev(st->p), EV_READ | EV_WRITE);
         if (c->bytes > 0)
             bufferevent_write(sl_pipe_get0_bev(st->p), c->data, c->bytes);
+        if (c->datagrams > 0 && !c->rich)
+            send_datagrams(c, sl_pipe_get0_bev(st->p));
     }
 }
 
@@ -207,12 +251,15 @@ main(int argc, char **argv)
     struct event *t;
     struct timeval tv = { 20, 0 };
     int i = 1;
+    size_t data_len;
 
     memset(&c, 0, sizeof(c));
     c.parallel = 1;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
         if (strcmp(argv[i], "--no-meta") == 0)
             c.no_meta = 1;
+        else if (strcmp(argv[i], "--datagrams") == 0 && i + 1 < argc)
+            c.datagrams = atoi(argv[++i]);
         else if (strcmp(argv[i], "--hold") == 0)
             c.hold = 1;
         else if (strcmp(argv[i], "--parallel") == 0 && i + 1 < argc)
@@ -230,8 +277,12 @@ main(int argc, char **argv)
     }
     c.cmd = argv[i + 1];
     c.rich = c.cmd[0] == '{';
-    c.data = malloc(c.bytes + 1);
-    for (size_t k = 0; k < c.bytes; k++)
+    if (c.datagrams < 0 || c.datagrams > 1000)
+        return 2;
+    data_len = c.bytes > (size_t)c.datagrams * 37 ? c.bytes
+               : (size_t)c.datagrams * 37;
+    c.data = malloc(data_len + 1);
+    for (size_t k = 0; k < data_len; k++)
         c.data[k] = (unsigned char)(k * 13 + (k >> 11));
     sl_loader_load_all(NULL);
     c.base = event_base_new();
