@@ -607,7 +607,8 @@ main(int argc, char **argv)
     const char *env = getenv("SL_BENCH_MIB");
     const char *pm = " | picomux";
     uint64_t mib;
-    double tcp1, pm1, tcp1c, pm1c, tcpc, pmc, tcp_bulk, pm_bulk, t50, t99, p50, p99, tcp_idle, pm_idle;
+    double tcp1, pm1, tcp1c, pm1c, tcpc, pmc, tcp_bulk, pm_bulk;
+    double t50, t99, p50, p99, tcp_idle, pm_idle;
     int loaded, refused = 0;
 
     mib = argc > 1     ? strtoull(argv[1], NULL, 10)
