@@ -2,12 +2,14 @@
  * bench-picomux.c - what the picomux layer costs, against plain tcp
  * measured in the same run, both ends in this process over loopback.
  *
- *   bench-picomux [MIB]
+ *   bench-picomux [MIB [--one]]
  *
- * MIB (default $SL_BENCH_MIB, else 512) is the total of the bulk test.
- * 1. Aggregate throughput of 100 parallel streams of one "tcp | picomux"
- *    session, each sending MIB/100 to the other end, which discards it;
- *    the baseline is 100 parallel connections over "tcp" alone.
+ * MIB (default $SL_BENCH_MIB, else 512) is the total of the bulk test;
+ * --one measures only the throughput of one pipe.
+ * 1. Throughput of one stream of a "tcp | picomux" session sending MIB
+ *    to the other end, which discards it, and the aggregate of 100
+ *    parallel streams of one session, each sending MIB/100; the
+ *    baselines are one and 100 connections over "tcp" alone.
  * 2. Stream open to first byte: the opener calls sl_session_open, the
  *    acceptor writes one byte from its stream callback, the opener's clock
  *    stops when that byte arrives; 2000 streams, one after the other, on
@@ -31,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -61,6 +64,29 @@ now_s(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double
+cpu_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* MiB per CPU second of the last bulk(): both ends run in this process,
+ * so this is what one core moves, whatever else the machine runs. */
+static double bulk_per_cpu;
+static long bulk_faults;    /* minor page faults of the last bulk() */
+
+static long
+minflt(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_minflt;
 }
 
 static void
@@ -332,26 +358,28 @@ bulk_tick(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(base);
 }
 
-/* MiB/s of NSTREAMS pipes moving mib MiB in all. */
+/* MiB/s of npipes pipes moving mib MiB in all. */
 static double
-bulk(const char *layers, uint64_t mib)
+bulk(const char *layers, int npipes, uint64_t mib)
 {
     struct end en;
     struct sender sd[NSTREAMS];
     static const struct timeval tick = { 0, 1000 };
     struct event *ev;
-    double t0, t1;
+    double t0, t1, c0;
     int started = 0;
 
     end_open(&en, layers, sink_pipe);
-    en.expect = mib * 1024 * 1024 / NSTREAMS * NSTREAMS;
-    for (int i = 0; i < NSTREAMS; i++) {
+    en.expect = mib * 1024 * 1024 / (uint64_t)npipes * (uint64_t)npipes;
+    for (int i = 0; i < npipes; i++) {
         sd[i].p = client_pipe(&en, "", 0);
-        sd[i].left = en.expect / NSTREAMS;
+        sd[i].left = en.expect / (uint64_t)npipes;
     }
     /* Every pipe is up (streams: opened) before the clock starts. */
     t0 = now_s();
-    for (int i = 0; i < NSTREAMS; i++) {
+    c0 = cpu_s();
+    bulk_faults = minflt();
+    for (int i = 0; i < npipes; i++) {
         struct bufferevent *bev = sl_pipe_get0_bev(sd[i].p);
 
         bufferevent_setwatermark(bev, EV_WRITE, HIGH_MARK / 2, 0);
@@ -368,6 +396,8 @@ bulk(const char *layers, uint64_t mib)
         event_base_dispatch(base);
     }
     t1 = now_s();
+    bulk_per_cpu = (double)en.expect / MIB / (cpu_s() - c0);
+    bulk_faults = minflt() - bulk_faults;
     event_free(ev);
     if (en.failed || en.received != en.expect)
         die("the bulk transfer lost bytes", NULL);
@@ -577,7 +607,8 @@ main(int argc, char **argv)
     const char *env = getenv("SL_BENCH_MIB");
     const char *pm = " | picomux";
     uint64_t mib;
-    double tcp_bulk, pm_bulk, t50, t99, p50, p99, tcp_idle, pm_idle;
+    double tcp1, pm1, tcp1c, pm1c, tcpc, pmc, tcp_bulk, pm_bulk;
+    double t50, t99, p50, p99, tcp_idle, pm_idle;
     int loaded, refused = 0;
 
     mib = argc > 1     ? strtoull(argv[1], NULL, 10)
@@ -598,21 +629,52 @@ main(int argc, char **argv)
     if (base == NULL)
         die("event_base_new", NULL);
 
+    if (argc > 2 && strcmp(argv[2], "--one") == 0) {
+        /* Only the one-pipe figures (for quick comparisons). */
+        double tc, pc;
+        long tf;
+
+        tcp1 = bulk("", 1, mib);
+        tc = bulk_per_cpu;
+        tf = bulk_faults;
+        pm1 = bulk(pm, 1, mib);
+        pc = bulk_per_cpu;
+        printf("one pipe, %llu MiB: tcp %.1f MiB/s (%.1f per CPU s, %ld "
+               "page faults), tcp | picomux %.1f MiB/s (%.1f per CPU s, %ld "
+               "page faults), ratio %.2f (per CPU %.2f)\n",
+               (unsigned long long)mib, tcp1, tc, tf, pm1, pc, bulk_faults,
+               pm1 / tcp1, pc / tc);
+        return 0;
+    }
     printf("picomux: both ends in this process over loopback TCP; the "
            "baseline is tcp alone, measured in the same run\n");
     tcp_idle = idle_rss_child("", NIDLE_TCP);
     pm_idle = idle_rss_child(pm, NIDLE);
-    tcp_bulk = bulk("", mib);
-    pm_bulk = bulk(pm, mib);
+    tcp1 = bulk("", 1, mib);
+    tcp1c = bulk_per_cpu;
+    pm1 = bulk(pm, 1, mib);
+    pm1c = bulk_per_cpu;
+    tcp_bulk = bulk("", NSTREAMS, mib);
+    tcpc = bulk_per_cpu;
+    pm_bulk = bulk(pm, NSTREAMS, mib);
+    pmc = bulk_per_cpu;
     first_byte("", NLAT, &t50, &t99);
     first_byte(pm, NLAT, &p50, &p99);
 
+    printf("one pipe, %llu MiB (both ends on one core):\n",
+           (unsigned long long)mib);
+    printf("  %-38s %8.1f MiB/s, %.1f per CPU s\n",
+           "tcp, 1 connection (baseline)", tcp1, tcp1c);
+    printf("  %-38s %8.1f MiB/s, %.1f per CPU s   ratio %.2f, per CPU "
+           "%.2f\n", "tcp | picomux, 1 stream", pm1, pm1c, pm1 / tcp1,
+           pm1c / tcp1c);
     printf("%d parallel pipes, %llu MiB in all:\n", NSTREAMS,
            (unsigned long long)mib);
-    printf("  %-38s %8.1f MiB/s\n", "tcp, 100 connections (baseline)",
-           tcp_bulk);
-    printf("  %-38s %8.1f MiB/s   ratio %.2f\n",
-           "tcp | picomux, 100 streams", pm_bulk, pm_bulk / tcp_bulk);
+    printf("  %-38s %8.1f MiB/s, %.1f per CPU s\n",
+           "tcp, 100 connections (baseline)", tcp_bulk, tcpc);
+    printf("  %-38s %8.1f MiB/s, %.1f per CPU s   ratio %.2f, per CPU "
+           "%.2f\n", "tcp | picomux, 100 streams", pm_bulk, pmc,
+           pm_bulk / tcp_bulk, pmc / tcpc);
     printf("open to first byte, %d one after the other (p50 / p99):\n",
            NLAT);
     printf("  %-38s %8.0f / %.0f us\n", "tcp, dial to first byte (baseline)",

@@ -707,8 +707,11 @@ tx_pump(struct s3_pipe *sp)
         maybe_shutdown(sp);
 }
 
+/* Records to open: the lower input has data (lower's read callback), or
+ * the user read and mine.output drained to its low watermark (mine's
+ * write callback). */
 static void
-lower_readcb(struct bufferevent *bev, void *arg)
+rx_ready(struct bufferevent *bev, void *arg)
 {
     struct s3_pipe *sp = arg;
 
@@ -718,8 +721,10 @@ lower_readcb(struct bufferevent *bev, void *arg)
     leave(sp);
 }
 
+/* Records to seal: the user wrote into mine.input (mine's read callback),
+ * or the lower output drained (lower's write callback). */
 static void
-lower_writecb(struct bufferevent *bev, void *arg)
+tx_ready(struct bufferevent *bev, void *arg)
 {
     struct s3_pipe *sp = arg;
 
@@ -746,29 +751,6 @@ lower_eventcb(struct bufferevent *bev, short what, void *arg)
     leave(sp);
 }
 
-/* The user wrote: mine.input has data. */
-static void
-mine_readcb(struct bufferevent *bev, void *arg)
-{
-    struct s3_pipe *sp = arg;
-
-    (void)bev;
-    sp->busy++;
-    tx_pump(sp);
-    leave(sp);
-}
-
-/* The user read: mine.output drained to its low watermark. */
-static void
-mine_writecb(struct bufferevent *bev, void *arg)
-{
-    struct s3_pipe *sp = arg;
-
-    (void)bev;
-    sp->busy++;
-    rx_pump(sp);
-    leave(sp);
-}
 
 static int
 s3_shutdown_write(void *layer_ctx, struct sl_pipe *p)
@@ -862,14 +844,14 @@ pipe_make(const struct s3_params *par, enum sl_role role,
     }
     sp->mine = pair[0];
     sp->user = pair[1];
-    bufferevent_setcb(sp->mine, mine_readcb, mine_writecb, NULL, sp);
+    bufferevent_setcb(sp->mine, tx_ready, rx_ready, NULL, sp);
     bufferevent_setwatermark(sp->mine, EV_READ, 0, TX_PULL);
     /* Decrypt more once the user has taken half of the backlog. */
     bufferevent_setwatermark(sp->mine, EV_WRITE, sp->read_buffer / 2, 0);
     bufferevent_enable(sp->mine, EV_READ | EV_WRITE);
     /* The user may raise its own bound. */
     bufferevent_setwatermark(sp->user, EV_READ, 0, sp->read_buffer);
-    bufferevent_setcb(sp->lbev, lower_readcb, lower_writecb, lower_eventcb,
+    bufferevent_setcb(sp->lbev, rx_ready, tx_ready, lower_eventcb,
                       sp);
     /* Seal more once the layer below has sent half of the backlog. */
     bufferevent_setwatermark(sp->lbev, EV_WRITE, TX_QUEUE / 2, 0);
