@@ -424,6 +424,8 @@ finish(struct sl_dial_op *op, struct sl_pipe *p, struct sl_session *s,
         evtimer_del(op->timer_ev);
     op->rp = p;
     op->rs = s;
+    if (p != NULL)
+        sl_pipe_hold(p);     /* events until the caller sets callbacks */
     if (err != NULL && err->code != 0)
         op->rerr = *err;
     else if (p == NULL && s == NULL)

@@ -27,6 +27,7 @@ struct sl_pipe {
     unsigned shut_done : 1;
     unsigned closing : 1;          /* sl_pipe_close in progress (top) */
     unsigned free_scheduled : 1;
+    short held_events;             /* came in under sl_pipe_hold */
 };
 
 /* Tests compare this before and after to find leaked pipes. */
@@ -101,12 +102,33 @@ sl_pipe_set_error(struct sl_pipe *p, const struct sl_error *err)
         p->err = *err;
 }
 
+static void
+hold_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    struct sl_pipe *p = arg;
+
+    (void)bev;
+    p->held_events |= what;
+}
+
+void
+sl_pipe_hold(struct sl_pipe *p)
+{
+    bufferevent_setcb(p->bev, NULL, NULL, hold_eventcb, p);
+}
+
 void
 sl_pipe_setcb(struct sl_pipe *p, bufferevent_data_cb readcb,
               bufferevent_data_cb writecb, bufferevent_event_cb eventcb,
               void *arg)
 {
+    short held = p->held_events;
+
+    p->held_events = 0;
     bufferevent_setcb(p->bev, readcb, writecb, eventcb, arg);
+    /* An EOF or error that came while the pipe waited for its owner. */
+    if (held != 0 && eventcb != NULL)
+        bufferevent_trigger_event(p->bev, held, BEV_TRIG_DEFER_CALLBACKS);
     /* A handshake may have left bytes in the input; libevent only calls a
      * read callback for new data, so ask for one now (deferred). */
     if (readcb != NULL &&

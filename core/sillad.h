@@ -57,8 +57,13 @@ const char *sl_pipe_get0_layer(const struct sl_pipe *p);
 /* The first error recorded on p or any pipe below it, or NULL. */
 const struct sl_error *sl_pipe_get0_error(struct sl_pipe *p);
 void sl_pipe_set_error(struct sl_pipe *p, const struct sl_error *err);
+/* Keeps the EOF or error events that reach p until the next
+ * sl_pipe_setcb, which raises them again (deferred) for the new owner.
+ * For pipes handed over one loop pass after their handshake. */
+void sl_pipe_hold(struct sl_pipe *p);
 /* Sets the bufferevent callbacks and, if input is already waiting (left by
- * a handshake), schedules the read callback so it is not missed. */
+ * a handshake), schedules the read callback so it is not missed; events
+ * held by sl_pipe_hold are raised again. */
 void sl_pipe_setcb(struct sl_pipe *p, bufferevent_data_cb readcb,
                    bufferevent_data_cb writecb, bufferevent_event_cb eventcb,
                    void *arg);

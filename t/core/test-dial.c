@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 
 #include "../cu.h"
 #include "fake.h"
@@ -187,6 +188,47 @@ test_tcp(void)
     event_base_free(base);
 }
 
+static void
+count_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    short *got = arg;
+
+    (void)bev;
+    *got |= what;
+}
+
+/* An EOF that reaches a pipe between its handshake and its owner (the
+ * dial result waits one loop pass) is raised again for the owner. */
+static void
+test_hold(void)
+{
+    struct event_base *base = event_base_new();
+    struct bufferevent *pair[2];
+    struct sl_pipe *p;
+    short got = 0;
+
+    CU_ASSERT_FATAL(bufferevent_pair_new(base, BEV_OPT_CLOSE_ON_FREE, pair)
+                    == 0);
+    p = sl_pipe_new("test", pair[0], NULL, NULL, NULL);
+    CU_ASSERT_FATAL(p != NULL);
+    sl_pipe_hold(p);
+    bufferevent_trigger_event(pair[0], BEV_EVENT_EOF | BEV_EVENT_READING,
+                              BEV_TRIG_DEFER_CALLBACKS);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    sl_pipe_setcb(p, NULL, NULL, count_eventcb, &got);
+    CU_ASSERT_EQUAL(got, 0);        /* deferred, not inside setcb */
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CU_ASSERT_EQUAL(got, BEV_EVENT_EOF | BEV_EVENT_READING);
+    /* Raised once: a second setcb has nothing held. */
+    got = 0;
+    sl_pipe_setcb(p, NULL, NULL, count_eventcb, &got);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CU_ASSERT_EQUAL(got, 0);
+    sl_pipe_free(p);
+    bufferevent_free(pair[1]);
+    event_base_free(base);
+}
+
 int
 main(void)
 {
@@ -194,6 +236,7 @@ main(void)
         { "combinators", test_combinators },
         { "cancel at every point, exactly once", test_cancel },
         { "tcp dial and listen", test_tcp },
+        { "events held between handshake and owner", test_hold },
         { NULL, NULL },
     };
     int r;
