@@ -616,12 +616,7 @@ static int
 hex_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
 {
     (void)plugin_ctx;
-    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
-        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
-                            "running with %#x",
-                            (unsigned)LIBEVENT_VERSION_NUMBER,
-                            (unsigned)h->libevent_version);
-    return 0;
+    return sl_check_libevent(h, LAYER, e);
 }
 
 static const struct sl_layer_ops hex_layer = {

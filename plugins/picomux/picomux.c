@@ -948,16 +948,10 @@ static int
 stream_query(void *layer_ctx, int what, void *out, size_t *len)
 {
     struct pm_stream *st = layer_ctx;
-    size_t n;
 
     switch (what) {
     case SL_Q_PROTOCOL:
-        n = sizeof(STREAM_PROTOCOL);
-        if (*len < n)
-            return SL_EINVAL;
-        memcpy(out, STREAM_PROTOCOL, n);
-        *len = n;
-        return 0;
+        return sl_query_answer_str(out, len, STREAM_PROTOCOL);
     case SL_Q_REMOTE_ADDR:
     case SL_Q_LOCAL_ADDR:
         /* The session's ends: where the stream comes from. */
@@ -1738,11 +1732,8 @@ static int
 pm_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
 {
     (void)plugin_ctx;
-    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
-        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
-                            "running with %#x",
-                            (unsigned)LIBEVENT_VERSION_NUMBER,
-                            (unsigned)h->libevent_version);
+    if (sl_check_libevent(h, LAYER, e) != 0)
+        return SL_EABI;
     if (sodium_init() < 0)
         return h->error_set(e, SL_EINVAL, LAYER, "libsodium failed to "
                             "initialise");

@@ -773,11 +773,7 @@ s3_query(void *layer_ctx, int what, void *out, size_t *len)
 
     if (what != SL_Q_SHARED_SECRET)
         return SL_ENOTSUP;   /* the protocol name and addresses pass on */
-    if (*len < S3_KEY_LEN)
-        return SL_EINVAL;
-    memcpy(out, sp->ss, S3_KEY_LEN);
-    *len = S3_KEY_LEN;
-    return 0;
+    return sl_query_answer_bytes(out, len, sp->ss, S3_KEY_LEN);
 }
 
 static void
@@ -1470,11 +1466,8 @@ static int
 s3_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
 {
     (void)plugin_ctx;
-    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
-        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
-                            "running with %#x",
-                            (unsigned)LIBEVENT_VERSION_NUMBER,
-                            (unsigned)h->libevent_version);
+    if (sl_check_libevent(h, LAYER, e) != 0)
+        return SL_EABI;
     if (sodium_init() < 0)
         return h->error_set(e, SL_EINVAL, LAYER, "libsodium failed to "
                             "initialise");
