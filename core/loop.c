@@ -3,6 +3,9 @@
 
 #include <stdlib.h>
 #include <time.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "sillad.h"
 
@@ -51,4 +54,16 @@ sl_now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void
+sl_tune_malloc(void)
+{
+#ifdef __GLIBC__
+    /* glibc gives freed memory back to the system eagerly and maps large
+     * blocks afresh each time, so a byte pump that keeps freeing and
+     * allocating 8 KiB to 1 MiB buffers pays a page fault per page. */
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 32 << 20);
+#endif
 }

@@ -779,6 +779,7 @@ main(int argc, char **argv)
     char buf[512];
     int ch, check = 0, verbose = 0;
 
+    sl_tune_malloc();
     memset(&a, 0, sizeof(a));
     sl_log_set_prefix("sillad-bridge");
     while ((ch = getopt_long(argc, argv, "c:ka:vh", longopts, NULL)) != -1) {

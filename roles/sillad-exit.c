@@ -1300,6 +1300,7 @@ main(int argc, char **argv)
     char buf[512];
     int ch, check = 0, pubkey = 0;
 
+    sl_tune_malloc();
     memset(&a, 0, sizeof(a));
     sl_log_set_prefix("sillad-exit");
     while ((ch = getopt_long(argc, argv, "c:kpa:vh", longopts, NULL)) != -1) {

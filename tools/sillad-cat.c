@@ -591,6 +591,7 @@ main(int argc, char **argv)
     char buf[512];
     int ch, verbose = 0;
 
+    sl_tune_malloc();
     memset(&a, 0, sizeof(a));
     a.metadata = "";
     sl_log_set_prefix("sillad-cat");
