@@ -621,6 +621,87 @@ test_no_half_close_picomux_reverse(void)
     fixture_end(&f);
 }
 
+/* Reads at most max bytes of x's input, checking them. */
+static void
+end_read_some(struct end *x, size_t max)
+{
+    struct evbuffer *in = bufferevent_get_input(sl_pipe_get0_bev(x->p));
+    unsigned char buf[CHUNK];
+    int n;
+
+    if (max > sizeof(buf))
+        max = sizeof(buf);
+    n = evbuffer_remove(in, buf, max);
+    for (int i = 0; i < n; i++)
+        if (buf[i] != pattern(x->recv_seed, x->received + (uint64_t)i))
+            x->bad_data = true;
+    if (n > 0)
+        x->received += (uint64_t)n;
+}
+
+/* The stream side ends while the tcp side's reader is slow: the relay is
+ * done while much is still on its way, and every byte still reaches X
+ * before its EOF (the close of the tcp pipe lingers until the layer has
+ * sent everything, not just until the pipe's own buffer is empty). */
+static void
+test_close_delivers_everything(void)
+{
+    struct fixture f;
+    int64_t deadline = sl_now_ms() + 4 * WAIT_MS;
+    uint64_t total = 1u << 20, at_done = 0;
+
+    fixture_start(&f, M_PICOMUX, 0);
+    /* Small socket buffers, so that the tail waits in the layer, not in
+     * the kernel (which would send it even after close). */
+    {
+        int fd = -1, small = 16384;
+        size_t len = sizeof(fd);
+
+        CU_ASSERT_FATAL(sl_pipe_query(f.a, SL_Q_FD, &fd, &len) == 0);
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+        len = sizeof(fd);
+        CU_ASSERT_FATAL(sl_pipe_query(f.x.p, SL_Q_FD, &fd, &len) == 0);
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    }
+    f.x.stall = true;           /* read by hand below, slowly */
+    end_send(&f.y, total, true);
+    while (sl_now_ms() < deadline &&
+           !(f.x.received >= total && (f.x.eof || f.x.error))) {
+        run_for(2);
+        end_read_some(&f.x, 16384);
+        if (f.done_calls > 0 && at_done == 0)
+            at_done = f.x.received + 1;
+    }
+    CU_ASSERT_EQUAL(f.done_calls, 1);
+    CU_ASSERT_STRING_EQUAL(f.why, "done");
+    CU_ASSERT_EQUAL(f.st.b_to_a, total);
+    /* The relay was done well before X had everything. */
+    CU_ASSERT(at_done > 0 && at_done < total);
+    CU_ASSERT_EQUAL(f.x.received, total);
+    CU_ASSERT(f.x.eof && !f.x.error && !f.x.bad_data);
+    /* X's own end finishes the lingering close. */
+    sl_pipe_shutdown_write(f.x.p);
+    CU_ASSERT(run_until(fixture_closed, NULL, WAIT_MS));
+    fixture_end(&f);
+}
+
+/* relay_closing_abort frees lingering pipes at once. */
+static void
+test_closing_abort(void)
+{
+    struct fixture f;
+
+    fixture_start(&f, M_PICOMUX, 0);
+    end_send(&f.y, 1000, true);
+    CU_ASSERT(run_until(fixture_done, &f, WAIT_MS));
+    run_for(50);
+    CU_ASSERT(relay_closing() > 0);     /* X has not ended its side */
+    relay_closing_abort();
+    CU_ASSERT_EQUAL(relay_closing(), 0);
+    CU_ASSERT(run_until(x_eof, &f, WAIT_MS));
+    fixture_end(&f);
+}
+
 /* Nothing moves: done("idle") after about idle_ms, both far ends see the
  * connection end. */
 static void
@@ -785,6 +866,9 @@ main(void)
           test_no_half_close_picomux },
         { "no half-close: end of the stream ends the tcp side",
           test_no_half_close_picomux_reverse },
+        { "a finished relay still delivers every byte",
+          test_close_delivers_everything },
+        { "relay_closing_abort frees lingering closes", test_closing_abort },
         { "idle timeout (socketpairs)", test_idle_sock },
         { "idle timeout (tcp)", test_idle_tcp },
         { "traffic keeps the idle timer off", test_idle_not_while_busy },
