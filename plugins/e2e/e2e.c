@@ -1373,11 +1373,8 @@ static int
 e2e_init(const struct sl_host *h, void **plugin_ctx, struct sl_error *e)
 {
     (void)plugin_ctx;
-    if ((h->libevent_version >> 16) != (LIBEVENT_VERSION_NUMBER >> 16))
-        return h->error_set(e, SL_EABI, LAYER, "built for libevent %#x, "
-                            "running with %#x",
-                            (unsigned)LIBEVENT_VERSION_NUMBER,
-                            (unsigned)h->libevent_version);
+    if (sl_check_libevent(h, LAYER, e) != 0)
+        return SL_EABI;
     if (sodium_init() < 0)
         return h->error_set(e, SL_EINVAL, LAYER, "libsodium failed to "
                             "initialise");
