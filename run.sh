@@ -146,7 +146,7 @@ test_all() {
     make -C "$build-san" -j"$jobs" check || { cat "$build-san"/t/*/*.log >&2 || true; exit 1; }
     if [ -x "$top/t/fuzz/run-fuzzers.sh" ]; then
         log "fuzz targets, briefly"
-        "$top/t/fuzz/run-fuzzers.sh" "$build-fuzz" 30
+        "$top/t/fuzz/run-fuzzers.sh" "$build-fuzz" 20
     fi
     log "make distcheck"
     make -C "$build" -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS=--enable-werror >/dev/null
