@@ -120,13 +120,22 @@ linger_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static int pipe_half_close(struct sl_pipe *p);
 
+static void linger_start(struct sl_pipe *p, int peer_ended, int64_t ms);
+
 void
 relay_close_pipe(struct sl_pipe *p, int peer_ended)
 {
+    linger_start(p, peer_ended, RELAY_CLOSE_MS);
+}
+
+/* ms bounds the wait for the peer's end (RELAY_CLOSE_MS once the peer's
+ * EOF was seen: none will come again). */
+static void
+linger_start(struct sl_pipe *p, int peer_ended, int64_t ms)
+{
     struct lingering *l = NULL;
     struct bufferevent *bev;
-    struct timeval tv = { RELAY_CLOSE_MS / 1000,
-                          (RELAY_CLOSE_MS % 1000) * 1000 };
+    struct timeval tv;
 
     if (p == NULL)
         return;
@@ -149,11 +158,10 @@ relay_close_pipe(struct sl_pipe *p, int peer_ended)
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     if (!sl_pipe_write_shut(p))
         sl_pipe_shutdown_write(p);
-    if (peer_ended) {
-        /* No EOF will come again: give the flush a short while. */
-        tv.tv_sec = 1;
-        tv.tv_usec = 0;
-    }
+    if (peer_ended || ms < RELAY_CLOSE_MS)
+        ms = RELAY_CLOSE_MS;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
     evtimer_add(l->timer, &tv);
 }
 
@@ -164,10 +172,12 @@ relay_closing_abort(void)
         linger_end(lingers);
 }
 
+/* A relay's pipe: the peer may be slow to take the rest (a slow link),
+ * so the wait for its end is bounded by the relay's idle timeout. */
 static void
-close_gracefully(struct sl_pipe *p, int peer_ended)
+close_gracefully(struct sl_pipe *p, int peer_ended, int idle_ms)
 {
-    relay_close_pipe(p, peer_ended);
+    linger_start(p, peer_ended, idle_ms > 0 ? idle_ms : RELAY_LINGER_MAX_MS);
 }
 
 /* Whether p's layer ends its send direction alone.  A pipe made by the
@@ -198,7 +208,7 @@ finish(struct relay *r, int failed, const char *why)
         if (failed == i || failed == 2)
             sl_pipe_free(r->s[i].p);
         else
-            close_gracefully(r->s[i].p, r->s[i].eof_seen);
+            close_gracefully(r->s[i].p, r->s[i].eof_seen, r->idle_ms);
         r->s[i].p = NULL;
     }
     if (r->idle_ev != NULL)

@@ -31,8 +31,13 @@ struct sl_pipe;
  * and at which it is read again. */
 #define RELAY_HIGH (256 * 1024)
 #define RELAY_LOW (64 * 1024)
-/* How long a graceful close may take to flush before the pipe is freed. */
+/* How long a graceful close may take to flush before the pipe is freed:
+ * relay_close_pipe, and a relay's pipe whose peer already ended.  A
+ * relay's other pipes wait for their peer's end as long as the relay's
+ * idle timeout (RELAY_LINGER_MAX_MS without one): a slow reader may need
+ * long for the last buffered bytes, and none may be lost. */
 #define RELAY_CLOSE_MS 10000
+#define RELAY_LINGER_MAX_MS 300000
 
 struct relay;
 
@@ -65,11 +70,13 @@ void relay_get_stats(const struct relay *r, struct relay_stats *st);
 /* Consumes p: closes it gracefully.  A layer with half-close (tcp) gets a
  * lingering close: everything written is sent, then FIN, and the pipe is
  * kept (its input discarded) until the peer ends its side too, so it has
- * read everything, or RELAY_CLOSE_MS pass (1 s when peer_ended says the
- * peer's EOF was already seen).  Freeing the pipe as soon as its output
+ * read everything, or RELAY_CLOSE_MS pass (peer_ended says the peer's
+ * EOF was already seen, so only the time bound ends the close).  Freeing
+ * the pipe as soon as its output
  * buffer is empty could lose what the layer has not yet handed to the
  * socket.  Other layers get sl_pipe_close().  Relays close their pipes
- * this way; programs use it for their own replies (an error answer). */
+ * this way (see RELAY_CLOSE_MS for their bound); programs use it for
+ * their own replies (an error answer). */
 void relay_close_pipe(struct sl_pipe *p, int peer_ended);
 
 /* Number of pipes in a graceful close started by relay_close_pipe (or a

@@ -414,9 +414,11 @@ fixture_end(struct fixture *f)
 {
     relay_free(f->r);
     f->r = NULL;
-    CU_ASSERT(run_until(fixture_closed, NULL, WAIT_MS));
+    /* Our ends go first: a lingering close ends with its peer's end. */
     sl_pipe_free(f->x.p);
     sl_pipe_free(f->y.p);
+    f->x.p = f->y.p = NULL;
+    CU_ASSERT(run_until(fixture_closed, NULL, WAIT_MS));
     for (int i = 0; i < 4; i++)
         sl_session_free(f->sess[i]);
     run_for(5);
@@ -672,6 +674,11 @@ test_close_delivers_everything(void)
         if (f.done_calls > 0 && at_done == 0)
             at_done = f.x.received + 1;
     }
+    if (f.done_calls != 1 || f.x.received != total)
+        fprintf(stderr, "\n  done %d (%s), X got %llu of %llu, eof %d, "
+                "error %d, Y sent %llu, Y error %d\n", f.done_calls, f.why,
+                (unsigned long long)f.x.received, (unsigned long long)total,
+                f.x.eof, f.x.error, (unsigned long long)f.y.sent, f.y.error);
     CU_ASSERT_EQUAL(f.done_calls, 1);
     CU_ASSERT_STRING_EQUAL(f.why, "done");
     CU_ASSERT_EQUAL(f.st.b_to_a, total);
