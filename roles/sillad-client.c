@@ -1356,6 +1356,7 @@ main(int argc, char **argv)
     char buf[512];
     int ch, check = 0, verbose = 0;
 
+    sl_tune_malloc();
     memset(&c, 0, sizeof(c));
     sl_log_set_prefix(PROG);
     while ((ch = getopt_long(argc, argv, "c:na:vqh", longopts, NULL)) != -1) {
