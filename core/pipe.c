@@ -21,6 +21,7 @@ struct sl_pipe {
     struct sl_session *owned_session;
     struct evbuffer_cb_entry *drain_cb;
     struct event *close_timer;     /* graceful close deadline */
+    int close_ms;                  /* ... counted from the last progress */
     sl_closed_fn *closed_cb;       /* called after a graceful close */
     void *closed_arg;
     unsigned shut_requested : 1;
@@ -229,13 +230,24 @@ do_shutdown(struct sl_pipe *p)
         close_done(top);
 }
 
+static void arm_close_timer(struct sl_pipe *p);
+
 static void
 drain_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info,
          void *arg)
 {
-    (void)info;
-    if (evbuffer_get_length(buf) == 0)
-        do_shutdown(arg);
+    struct sl_pipe *p = arg;
+
+    if (evbuffer_get_length(buf) == 0) {
+        do_shutdown(p);
+        return;
+    }
+    /* A graceful close gives up only when the bytes stop leaving: a
+     * layer below that shares its bandwidth with many others (a mux) may
+     * take far longer than the deadline to take a large backlog, and
+     * giving up then would drop data the peer is still receiving. */
+    if (info->n_deleted > 0 && p->closing)
+        arm_close_timer(p);
 }
 
 int
@@ -323,6 +335,18 @@ close_done(struct sl_pipe *top)
 }
 
 static void
+arm_close_timer(struct sl_pipe *p)
+{
+    struct timeval tv;
+
+    if (p->close_timer == NULL)
+        return;
+    tv.tv_sec = p->close_ms / 1000;
+    tv.tv_usec = (p->close_ms % 1000) * 1000;
+    evtimer_add(p->close_timer, &tv);
+}
+
+static void
 close_timeout(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -351,11 +375,10 @@ void
 sl_pipe_close(struct sl_pipe *p, int timeout_ms, sl_closed_fn *done,
               void *arg)
 {
-    struct timeval tv;
-
     if (p == NULL || p->closing)
         return;
     p->closing = 1;
+    p->close_ms = timeout_ms;
     p->closed_cb = done;
     p->closed_arg = arg;
     bufferevent_setcb(p->bev, close_readcb, NULL, close_eventcb, p);
@@ -366,9 +389,7 @@ sl_pipe_close(struct sl_pipe *p, int timeout_ms, sl_closed_fn *done,
         close_done(p);
         return;
     }
-    tv.tv_sec = timeout_ms / 1000;
-    tv.tv_usec = (timeout_ms % 1000) * 1000;
-    evtimer_add(p->close_timer, &tv);
+    arm_close_timer(p);
     if (p->shut_requested) {
         /* Find whether the chain already finished its shutdown. */
         struct sl_pipe *q = p;

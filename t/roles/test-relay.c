@@ -854,6 +854,99 @@ test_waiting_input(void)
     fixture_end(&f);
 }
 
+/* ---- graceful close of a slowly drained backlog -------------------------
+ *
+ * The relay ends by closing each side gracefully (sl_pipe_close, bounded
+ * by RELAY_CLOSE_MS).  Over a mux the backlog of one stream may drain far
+ * slower than that bound while it still moves (many streams share the
+ * bandwidth); the bound must cut off only a close that stopped moving.
+ * Here a pair's far end takes SLOW_STEP bytes every SLOW_TICK_MS: the
+ * whole backlog needs ~10 times the close timeout, every step well
+ * within it. */
+
+#define SLOW_TOTAL (128 * 1024)
+#define SLOW_STEP 4096
+#define SLOW_TICK_MS 10
+#define SLOW_CLOSE_MS 40
+
+struct slow {
+    struct bufferevent *far;
+    struct event *tick;
+    size_t received;
+    bool bad_data;
+    bool closed;
+};
+
+static void
+slow_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct slow *s = arg;
+    struct evbuffer *in = bufferevent_get_input(s->far);
+    unsigned char buf[SLOW_STEP];
+    size_t n = evbuffer_remove(in, buf, sizeof(buf));
+
+    (void)fd;
+    (void)what;
+    for (size_t i = 0; i < n; i++)
+        if (buf[i] != (unsigned char)((s->received + i) % 251))
+            s->bad_data = true;
+    s->received += n;
+}
+
+static void
+slow_closed(void *arg)
+{
+    ((struct slow *)arg)->closed = true;
+}
+
+static bool
+slow_finished(void *arg)
+{
+    struct slow *s = arg;
+
+    return s->closed && evbuffer_get_length(
+                            bufferevent_get_input(s->far)) == 0;
+}
+
+static void
+test_close_slow_backlog(void)
+{
+    static const struct timeval tv = { 0, SLOW_TICK_MS * 1000 };
+    struct bufferevent *pair[2];
+    struct sl_pipe *p;
+    struct slow s;
+    unsigned char *data = malloc(SLOW_TOTAL);
+    long pipes = sl_pipe_count();
+
+    CU_ASSERT_FATAL(data != NULL);
+    memset(&s, 0, sizeof(s));
+    for (size_t i = 0; i < SLOW_TOTAL; i++)
+        data[i] = (unsigned char)(i % 251);
+    CU_ASSERT_FATAL(bufferevent_pair_new(base, 0, pair) == 0);
+    s.far = pair[1];
+    /* The far end holds at most one step: the rest waits in p's output. */
+    bufferevent_setwatermark(s.far, EV_READ, 0, SLOW_STEP);
+    bufferevent_enable(s.far, EV_READ | EV_WRITE);
+    p = sl_pipe_new("test", pair[0], NULL, NULL, NULL);
+    CU_ASSERT_FATAL(p != NULL);
+    bufferevent_enable(pair[0], EV_READ | EV_WRITE);
+    bufferevent_write(pair[0], data, SLOW_TOTAL);
+    free(data);
+    s.tick = event_new(base, -1, EV_PERSIST, slow_tick, &s);
+    CU_ASSERT_FATAL(s.tick != NULL);
+    evtimer_add(s.tick, &tv);
+    sl_pipe_close(p, SLOW_CLOSE_MS, slow_closed, &s);
+    /* Bounded: the backlog needs ~320 ms at this pace. */
+    CU_ASSERT(run_until(slow_finished, &s, WAIT_MS));
+    slow_tick(-1, 0, &s);
+    CU_ASSERT_EQUAL(s.received, SLOW_TOTAL);
+    CU_ASSERT(!s.bad_data);
+    CU_ASSERT(s.closed);
+    CU_ASSERT_EQUAL(sl_pipe_count(), pipes);
+    event_free(s.tick);
+    bufferevent_free(s.far);
+}
+
 int
 main(void)
 {
@@ -885,6 +978,8 @@ main(void)
           test_error_while_stalled },
         { "relay_free never calls done", test_free_no_done },
         { "input waiting at start is relayed", test_waiting_input },
+        { "graceful close delivers a backlog slower than its deadline",
+          test_close_slow_backlog },
         { NULL, NULL },
     };
     int refused = 0, rc;
