@@ -77,8 +77,10 @@ bool sl_pipe_write_shut(const struct sl_pipe *p);
 void sl_pipe_free(struct sl_pipe *p);
 /* Graceful close: stops calling the user back, lets every byte already
  * written drain through the chain, ends the send direction, then frees the
- * pipe (at the latest after timeout_ms) and calls done(arg) if given,
- * always from the loop, never inside this call. */
+ * pipe and calls done(arg) if given, always from the loop, never inside
+ * this call.  It gives up (frees the pipe with what is left) once
+ * timeout_ms pass with no byte leaving the output: a slow but moving
+ * drain is never cut off. */
 typedef void sl_closed_fn(void *arg);
 void sl_pipe_close(struct sl_pipe *p, int timeout_ms, sl_closed_fn *done,
                    void *arg);
