@@ -87,7 +87,9 @@ origin_fill(struct bufferevent *bev, struct origin *o)
     static char block[CHUNK];
     struct evbuffer *out = bufferevent_get_output(bev);
 
-    while (o->left > 0 && evbuffer_get_length(out) < 4 * CHUNK) {
+    /* A little at a time: a thousand connections each buffering a large
+     * body in one loop turn would starve every other one. */
+    while (o->left > 0 && evbuffer_get_length(out) < 65536) {
         size_t n = o->left < CHUNK ? (size_t)o->left : CHUNK;
 
         if (block[1] == 0)

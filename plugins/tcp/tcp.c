@@ -51,9 +51,11 @@ struct tcp_pipe {
     evutil_socket_t fd;
     struct bufferevent *mine;    /* our end of the pair */
     struct event *rev, *wev;
+    struct event *linger_ev;     /* after the pipe is gone (see linger) */
     size_t read_buffer, rchunk, wchunk;
     int busy;                    /* inside a handler that may free us */
     unsigned dead : 1;
+    unsigned lingering : 1;      /* pipe freed, accepted bytes still going */
     unsigned read_eof : 1;       /* the peer ended its send direction */
     unsigned failed : 1;         /* an error was given to the user */
     unsigned shut_pending : 1;
@@ -239,6 +241,8 @@ tp_free(struct tcp_pipe *tp)
         event_free(tp->rev);
     if (tp->wev != NULL)
         event_free(tp->wev);
+    if (tp->linger_ev != NULL)
+        event_free(tp->linger_ev);
     if (tp->mine != NULL)
         bufferevent_free(tp->mine);
     if (tp->fd >= 0)
@@ -384,12 +388,53 @@ on_readable(evutil_socket_t fd, short what, void *arg)
     tp_maybe_read(tp);
 }
 
+/* After the pipe is freed, the bytes it had accepted (up to the pair's
+ * write bound) still go out, then the FIN if one was asked for, as close(2)
+ * sends what write(2) accepted.  Gives up when the socket takes nothing
+ * for LINGER_MS, or on an error. */
+#define LINGER_MS 30000
+
+static void
+linger_step(struct tcp_pipe *tp)
+{
+    struct evbuffer *in = bufferevent_get_input(tp->mine);
+    size_t before = evbuffer_get_length(in);
+    struct timeval tv = { LINGER_MS / 1000, (LINGER_MS % 1000) * 1000 };
+
+    if (tp_flush(tp) != 0 || tp->failed || evbuffer_get_length(in) == 0) {
+        tp_free(tp);
+        return;
+    }
+    if (evbuffer_get_length(in) < before ||
+        !evtimer_pending(tp->linger_ev, NULL))
+        evtimer_add(tp->linger_ev, &tv);
+}
+
+static void
+linger_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct tcp_pipe *tp = arg;
+
+    (void)fd;
+    (void)what;
+    tp->h->log(SL_LOG_INFO, LAYER, "%s: %zu unsent bytes dropped after "
+               "%d s without progress", tp->remote,
+               evbuffer_get_length(bufferevent_get_input(tp->mine)),
+               LINGER_MS / 1000);
+    tp_free(tp);
+}
+
 static void
 on_writable(evutil_socket_t fd, short what, void *arg)
 {
+    struct tcp_pipe *tp = arg;
+
     (void)fd;
     (void)what;
-    tp_flush(arg);
+    if (tp->lingering)
+        linger_step(tp);
+    else
+        tp_flush(tp);
 }
 
 /* mine.input got data from the user: send it. */
@@ -432,6 +477,18 @@ tcp_pipe_destroy(void *layer_ctx)
 
     if (tp->busy > 0) {
         tp->dead = 1;   /* freed when the handler on the stack returns */
+        return;
+    }
+    if (!tp->failed &&
+        evbuffer_get_length(bufferevent_get_input(tp->mine)) > 0 &&
+        (tp->linger_ev = evtimer_new(event_get_base(tp->wev),
+                                     linger_timeout, tp)) != NULL) {
+        /* The core frees the user's end next: keep ours, stop reading. */
+        tp->pipe = NULL;
+        tp->lingering = 1;
+        event_del(tp->rev);
+        bufferevent_setcb(tp->mine, NULL, NULL, NULL, NULL);
+        linger_step(tp);
         return;
     }
     tp_free(tp);

@@ -2,7 +2,12 @@
 #include "config.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -229,6 +234,105 @@ test_hold(void)
     event_base_free(base);
 }
 
+struct kept {
+    struct sl_pipe *p;
+    int done;
+};
+
+static void
+keep_conn(struct sl_pipe *p, struct sl_session *s, const struct sl_error *err,
+          void *arg)
+{
+    struct kept *k = arg;
+
+    (void)s;
+    (void)err;
+    k->p = p;
+    k->done = 1;
+}
+
+static void
+closed_cb(void *arg)
+{
+    *(int *)arg = 1;
+}
+
+/* A tcp pipe closed gracefully while the socket is full still sends what
+ * the layer had accepted, then the FIN: the peer reads every byte. */
+static void
+test_tcp_linger(void)
+{
+    enum { TOTAL = 160 * 1024 };
+    struct event_base *base = event_base_new();
+    struct sockaddr_in sin;
+    socklen_t sl = sizeof(sin);
+    int lfd, peer, small = 4096, fd, closed = 0, eof = 0, stop = 0;
+    size_t fdlen = sizeof(fd), got = 0, bad = 0;
+    char text[64];
+    unsigned char *buf = malloc(TOTAL);
+    struct sl_dialer *d;
+    struct sl_error e;
+    struct kept k = { 0 };
+    long pipes = sl_pipe_count();
+    int64_t until;
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    for (size_t i = 0; i < TOTAL; i++)
+        buf[i] = (unsigned char)(i * 7 + i / 251);
+    lfd = socket(AF_INET, SOCK_STREAM, 0);
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(lfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    CU_ASSERT_FATAL(bind(lfd, (struct sockaddr *)&sin, sizeof(sin)) == 0);
+    CU_ASSERT_FATAL(listen(lfd, 1) == 0);
+    getsockname(lfd, (struct sockaddr *)&sin, &sl);
+    snprintf(text, sizeof(text), "tcp addr=127.0.0.1:%u",
+             ntohs(sin.sin_port));
+    sl_error_clear(&e);
+    d = sl_dialer_parse(text, &e);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(d);
+    CU_ASSERT_EQUAL(sl_dialer_dial(d, base, keep_conn, &k, NULL, &e), 0);
+    run_until(base, &k.done, 5000);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(k.p);
+    peer = accept(lfd, NULL, NULL);
+    CU_ASSERT_FATAL(peer >= 0);
+    CU_ASSERT_EQUAL(sl_pipe_query(k.p, SL_Q_FD, &fd, &fdlen), 0);
+    setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small));
+    /* The peer does not read yet: most of this stays in the layer. */
+    bufferevent_write(sl_pipe_get0_bev(k.p), buf, TOTAL);
+    sl_pipe_close(k.p, 2000, closed_cb, &closed);
+    run_until(base, &closed, 5000);
+    CU_ASSERT_EQUAL(closed, 1);
+    evutil_make_socket_nonblocking(peer);
+    until = sl_now_ms() + 10000;
+    while (!eof && sl_now_ms() < until) {
+        unsigned char tmp[8192];
+        ssize_t n = read(peer, tmp, sizeof(tmp));
+
+        if (n > 0) {
+            for (ssize_t i = 0; i < n && got + (size_t)i < TOTAL; i++)
+                bad += tmp[i] != buf[got + (size_t)i];
+            got += (size_t)n;
+        } else if (n == 0) {
+            eof = 1;
+        } else {
+            run_until(base, &stop, 5);
+        }
+    }
+    CU_ASSERT_EQUAL(got, TOTAL);
+    CU_ASSERT_EQUAL(bad, 0);
+    CU_ASSERT_EQUAL(eof, 1);
+    run_until(base, &stop, 20);
+    CU_ASSERT_EQUAL(sl_pipe_count(), pipes);
+    close(peer);
+    close(lfd);
+    sl_dialer_free(d);
+    free(buf);
+    sl_resolver_release(base);
+    event_base_free(base);
+}
+
 int
 main(void)
 {
@@ -237,6 +341,7 @@ main(void)
         { "cancel at every point, exactly once", test_cancel },
         { "tcp dial and listen", test_tcp },
         { "events held between handshake and owner", test_hold },
+        { "a closed tcp pipe still sends what it accepted", test_tcp_linger },
         { NULL, NULL },
     };
     int r;
