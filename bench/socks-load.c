@@ -17,6 +17,8 @@
  * Bounded: a fetch that makes no progress for 30 s fails; the head of a
  * response is at most 4 KiB.
  */
+#include "config.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
