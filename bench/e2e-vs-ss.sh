@@ -175,9 +175,9 @@ row() {
     # row LABEL KEY HIGHER_IS_BETTER(1|0)
     local s=${R[sillad.$2]} o=${R[ss.$2]} r
     if [ "$3" = 1 ]; then
-        r=$(awk -v a="$s" -v b="$o" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')
+        r=$(awk -v a="$s" -v b="$o" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     else
-        r=$(awk -v a="$s" -v b="$o" 'BEGIN { printf "%.2f", a > 0 ? b / a : 0 }')
+        r=$(awk -v a="$s" -v b="$o" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')
     fi
     printf '%-40s %14s %14s %8s\n' "$1" "$s" "$o" "$r"
 }
