@@ -617,6 +617,7 @@ main(int argc, char **argv)
     if (mib < 1)
         mib = 1;
     signal(SIGPIPE, SIG_IGN);
+    sl_tune_malloc();   /* as every sillad program does */
     alarm(4 * TIME_LIMIT_S);
     loaded = sl_loader_load_all(&refused);
     if (loaded <= 0 || sl_layer_find("tcp") == NULL ||
