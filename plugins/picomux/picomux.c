@@ -64,6 +64,10 @@
 #define ID_TRIES 64
 #define TABLE_MIN 64
 #define TOMB_QUEUE_MIN 64
+#define SLICE_MIN 512           /* smaller pieces of blocks are copied */
+#define RX_SLICE_MIN 2048       /* smaller received bodies are copied */
+#define RX_BLK_MIN 16384        /* smaller lower chains are not blocks */
+#define TX_BLK_MIN 2048         /* smaller user chains are copied */
 
 enum { SLOT_EMPTY = 0, SLOT_LIVE = 1, SLOT_TOMB = 2 };
 
@@ -89,6 +93,25 @@ struct pm_cfg {
 
 struct pm_stream;
 
+/* A block: whole chains moved (never copied) out of an evbuffer, shared by
+ * the reference slices (evbuffer_add_reference) cut from it; freed with
+ * the last reference. */
+struct pm_blk {
+    struct evbuffer *buf;           /* owns the chains */
+    const uint8_t *data;            /* flat: one chain, so no copy */
+    size_t len;
+    size_t refs;
+};
+
+/* The slices of one receive block that one stream holds: the stream is
+ * charged the whole block while it holds any of it. */
+struct pm_pin {
+    struct pm_blk *b;
+    struct pm_stream *st;           /* NULL once the stream is gone */
+    struct pm_pin *next, *prev;     /* st->pins, newest first */
+    size_t slices;
+};
+
 /* One id of the stream table: live, or tombstoned until expiry_ms. */
 struct pm_slot {
     uint32_t id;
@@ -113,6 +136,9 @@ struct pm_session {
     struct sl_pipe *lower;          /* NULL once torn down */
     struct bufferevent *lbev;
     struct evbuffer *batch;         /* PSH frames of one pump turn */
+    struct pm_blk *rx;              /* input being parsed in place */
+    size_t rx_off;
+    size_t pin_max;                 /* receive blocks a stream may hold */
     sl_stream_fn *on_stream;
     sl_dead_fn *on_dead;
     void *arg;
@@ -157,6 +183,10 @@ struct pm_stream {
     struct bufferevent *mine;
     uint32_t id;
     uint64_t credits;               /* PSH frames we may still send */
+    struct pm_blk *tx;              /* a chain of the user's being sent */
+    size_t tx_off;
+    struct pm_pin *pins;            /* receive blocks held toward the user */
+    size_t pinned;                  /* bytes of those blocks */
     /* receive side, §7.3 */
     uint32_t remote_window, target;
     uint64_t granted, received;     /* frames */
@@ -445,6 +475,159 @@ id_reserved(struct pm_session *s, uint32_t id)
     return slot_find(s, id) != NULL;
 }
 
+/* ---- blocks ---------------------------------------------------------------
+ *
+ * Data moves through this file without a copy as whole chains: a chain
+ * is moved (evbuffer_remove_buffer of exactly its length) into a block,
+ * and frame bodies are reference slices of it (evbuffer_add_reference),
+ * each holding a reference that its cleanup drops.
+ */
+
+static void
+blk_unref(struct pm_blk *b)
+{
+    if (--b->refs == 0) {
+        evbuffer_free(b->buf);
+        free(b);
+    }
+}
+
+/* Moves the first chain of src, len bytes, into a new block holding one
+ * reference (the caller's); NULL out of memory, with src unchanged. */
+static struct pm_blk *
+blk_take(struct evbuffer *src, size_t len)
+{
+    struct pm_blk *b = malloc(sizeof(*b));
+
+    if (b == NULL)
+        return NULL;
+    b->buf = evbuffer_new();
+    if (b->buf == NULL) {
+        free(b);
+        return NULL;
+    }
+    if (len > INT32_MAX ||
+        evbuffer_remove_buffer(src, b->buf, len) != (int)len ||
+        (b->data = evbuffer_pullup(b->buf, (ev_ssize_t)len)) == NULL) {
+        evbuffer_prepend_buffer(src, b->buf);
+        evbuffer_free(b->buf);
+        free(b);
+        return NULL;
+    }
+    b->len = len;
+    b->refs = 1;
+    return b;
+}
+
+static void
+blk_slice_done(const void *data, size_t len, void *extra)
+{
+    (void)data;
+    (void)len;
+    blk_unref(extra);
+}
+
+/* Appends len bytes of b at p to out: a slice, or a copy when that is
+ * cheaper (small) or there is no memory for a slice. */
+static void
+blk_append(struct evbuffer *out, struct pm_blk *b, const uint8_t *p,
+           size_t len)
+{
+    if (len >= SLICE_MIN &&
+        evbuffer_add_reference(out, p, len, blk_slice_done, b) == 0) {
+        b->refs++;
+        return;
+    }
+    evbuffer_add(out, p, len);
+}
+
+/* The last slice of a receive block that a stream held is gone. */
+static void
+pin_release(struct pm_pin *pin)
+{
+    struct pm_stream *st = pin->st;
+
+    if (st != NULL) {
+        if (pin->prev != NULL)
+            pin->prev->next = pin->next;
+        else
+            st->pins = pin->next;
+        if (pin->next != NULL)
+            pin->next->prev = pin->prev;
+        st->pinned -= pin->b->len;
+    }
+    blk_unref(pin->b);
+    free(pin);
+}
+
+static void
+pin_slice_done(const void *data, size_t len, void *extra)
+{
+    struct pm_pin *pin = extra;
+
+    (void)data;
+    (void)len;
+    if (--pin->slices == 0)
+        pin_release(pin);
+}
+
+/* A stream going away: its pins go with their last slices. */
+static void
+pins_forget(struct pm_stream *st)
+{
+    struct pm_pin *pin, *next;
+
+    for (pin = st->pins; pin != NULL; pin = next) {
+        next = pin->next;
+        pin->st = NULL;
+        pin->next = pin->prev = NULL;
+    }
+    st->pins = NULL;
+    st->pinned = 0;
+}
+
+/* Appends a PSH body, len bytes of receive block b at p, to what st
+ * holds toward its user: a slice while the blocks st holds, b included,
+ * stay within pin_max bytes; a copy otherwise (a reader that does not
+ * keep up), so that a stalled stream never holds much more than what it
+ * was sent (see body_copy). */
+static void
+rx_append(struct pm_session *s, struct pm_stream *st, struct pm_blk *b,
+          const uint8_t *p, size_t len)
+{
+    struct evbuffer *out = bufferevent_get_output(st->mine);
+    struct pm_pin *pin = st->pins;
+
+    if (len >= RX_SLICE_MIN) {
+        if (pin == NULL || pin->b != b) {
+            pin = NULL;
+            if (st->pinned + b->len <= s->pin_max &&
+                (pin = malloc(sizeof(*pin))) != NULL) {
+                pin->b = b;
+                b->refs++;
+                pin->st = st;
+                pin->slices = 0;
+                pin->prev = NULL;
+                pin->next = st->pins;
+                if (st->pins != NULL)
+                    st->pins->prev = pin;
+                st->pins = pin;
+                st->pinned += b->len;
+            }
+        }
+        if (pin != NULL) {
+            if (evbuffer_add_reference(out, p, len, pin_slice_done, pin) ==
+                0) {
+                pin->slices++;
+                return;
+            }
+            if (pin->slices == 0)
+                pin_release(pin);
+        }
+    }
+    evbuffer_add(out, p, len);
+}
+
 /* ---- frames out --------------------------------------------------------- */
 
 static struct evbuffer *
@@ -595,6 +778,23 @@ ring_del(struct pm_session *s, struct pm_stream *st)
     st->rprev = st->rnext = NULL;
 }
 
+/* Bytes st has taken from its user and not yet put in frames. */
+static size_t
+st_pending(struct pm_stream *st)
+{
+    return evbuffer_get_length(bufferevent_get_input(st->mine)) +
+           (st->tx != NULL ? st->tx->len - st->tx_off : 0);
+}
+
+static void
+tx_drop(struct pm_stream *st)
+{
+    if (st->tx != NULL) {
+        blk_unref(st->tx);
+        st->tx = NULL;
+    }
+}
+
 /* Puts st in the ring if it has something the pump can send. */
 static void
 st_schedule(struct pm_stream *st)
@@ -603,7 +803,7 @@ st_schedule(struct pm_stream *st)
 
     if (st->s == NULL || !st->open || st->in_ring)
         return;
-    n = evbuffer_get_length(bufferevent_get_input(st->mine));
+    n = st_pending(st);
     if ((n > 0 && st->credits > 0) || (n == 0 && st->fin_wanted))
         ring_add(st->s, st);
 }
@@ -615,7 +815,7 @@ st_schedule(struct pm_stream *st)
 static void
 mine_read_ctl(struct pm_stream *st)
 {
-    size_t n = evbuffer_get_length(bufferevent_get_input(st->mine));
+    size_t n = st_pending(st);
     int on = (bufferevent_get_enabled(st->mine) & EV_READ) != 0;
 
     if (st->s != NULL && st->open && n >= st->s->p.stream_buffer) {
@@ -654,6 +854,7 @@ st_detach(struct pm_stream *st)
         event_del(st->linger_ev);
     }
     st->s = NULL;
+    tx_drop(st);
     /* Writes from now on are refused (st_epipe), not left to back up. */
     mine_read_ctl(st);
 }
@@ -664,6 +865,7 @@ st_free(struct pm_stream *st)
     st_detach(st);
     if (st->linger_ev != NULL)
         event_free(st->linger_ev);
+    pins_forget(st);
     bufferevent_free(st->mine);
     free(st->fr);
     free(st->meta);
@@ -746,6 +948,7 @@ st_close(struct pm_stream *st, int peer_fin)
             tombstone(s, st->id);
     }
     evbuffer_drain(in, evbuffer_get_length(in));
+    tx_drop(st);
     mine_read_ctl(st);
     if (!st->closing)
         st_closed(st);
@@ -762,7 +965,7 @@ st_release(struct pm_stream *st)
         st_free(st);
         return;
     }
-    if (evbuffer_get_length(bufferevent_get_input(st->mine)) > 0) {
+    if (st_pending(st) > 0) {
         st->fin_wanted = 1;
         st_schedule(st);
         pump(s);
@@ -1129,38 +1332,65 @@ body_copy(struct evbuffer *in, struct evbuffer *out, size_t len)
     }
 }
 
-static void
-on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
+/* The stream a PSH body goes to, its frame counted; NULL when the body
+ * is dropped. */
+static struct pm_stream *
+psh_target(struct pm_session *s, const struct pm_hdr *hdr)
 {
     struct pm_stream *st = live_stream(s, hdr->stream_id);
     size_t len = hdr->body_len;
 
-    evbuffer_drain(in, PM_HDR_LEN);
     s->bytes_received += len;
     /* Unknown or closed ids are ignored (§4.2); so is data for a stream
      * whose user is gone (it only waits to send its last bytes). */
-    if (st == NULL || st->pipe == NULL || !st->open) {
-        evbuffer_drain(in, len);
-        return;
-    }
+    if (st == NULL || st->pipe == NULL || !st->open)
+        return NULL;
     if (++st->received > st->granted) {
         /* Rust never does this (§7.2); Rust would queue it silently.  We
          * keep memory bounded and close just this stream. */
         s->h->log(SL_LOG_WARNING, LAYER, "stream %08" PRIx32 ": the peer "
                   "sent beyond the %" PRIu64 " frames granted; closing it",
                   st->id, st->granted);
-        evbuffer_drain(in, len);
         st_close(st, 0);
-        return;
+        return NULL;
     }
     if (fr_push(st, (uint16_t)len) != 0) {
-        evbuffer_drain(in, len);
         st_close(st, 0);
-        return;
+        return NULL;
     }
     st->pushed += len;
+    return st;
+}
+
+/* A PSH at the front of the lower input (header and body there). */
+static void
+on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
+{
+    struct pm_stream *st;
+    size_t len = hdr->body_len;
+
+    evbuffer_drain(in, PM_HDR_LEN);
+    st = psh_target(s, hdr);
+    if (st == NULL) {
+        evbuffer_drain(in, len);
+        return;
+    }
     if (len > 0)
         body_copy(in, bufferevent_get_output(st->mine), len);
+    rx_account(st);
+}
+
+/* A PSH in the receive block, its body at body. */
+static void
+on_psh_blk(struct pm_session *s, const struct pm_hdr *hdr,
+           const uint8_t *body)
+{
+    struct pm_stream *st = psh_target(s, hdr);
+
+    if (st == NULL)
+        return;
+    if (hdr->body_len > 0)
+        rx_append(s, st, s->rx, body, hdr->body_len);
     rx_account(st);
 }
 
@@ -1201,7 +1431,86 @@ input_blocked(struct pm_session *s)
     return evbuffer_get_length(lower_out(s)) >= s->out_hard;
 }
 
-/* Handles every complete frame in the lower input. */
+/* Handles a frame other than PSH, need bytes at flat; -1 if the session
+ * died. */
+static int
+on_ctl(struct pm_session *s, const struct pm_hdr *hdr, const uint8_t *flat,
+       size_t need)
+{
+    struct pm_frame frame;
+    struct pm_frame_info info;
+    char why[128];
+    int r;
+
+    pm_frame_split(flat, need, &frame, &need);
+    r = pm_frame_validate(&frame, &info);
+    if (r != PM_OK) {
+        pm_frame_strerror(r, hdr, why, sizeof(why));
+        /* "picomux: ..." - the layer is named by the error. */
+        die(s, SL_EPROTO, "%s",
+            strncmp(why, LAYER ": ", sizeof(LAYER ": ") - 1) == 0
+                ? why + sizeof(LAYER ": ") - 1
+                : why);
+        return -1;
+    }
+    switch (hdr->cmd) {
+    case PM_CMD_SYN:
+        on_syn(s, hdr->stream_id, frame.body, hdr->body_len);
+        break;
+    case PM_CMD_FIN:
+        on_fin(s, hdr->stream_id);
+        break;
+    case PM_CMD_MORE:
+        on_more(s, hdr->stream_id, info.more_incr);
+        break;
+    case PM_CMD_PING:
+        out_frame(s, PM_CMD_PONG, PM_PING_STREAM_ID, NULL, 0);
+        break;
+    case PM_CMD_PONG:
+        on_pong(s);
+        break;
+    default:    /* NOP */
+        break;
+    }
+    return s->dead ? -1 : 0;
+}
+
+/* Ends parsing in the receive block: what is left of it (the start of a
+ * frame) goes back to the front of the lower input, as a copy. */
+static void
+rx_end(struct pm_session *s, struct evbuffer *in)
+{
+    struct pm_blk *b = s->rx;
+
+    if (b == NULL)
+        return;
+    s->rx = NULL;
+    if (b->len > s->rx_off &&
+        evbuffer_prepend(in, b->data + s->rx_off, b->len - s->rx_off) != 0)
+        die(s, SL_ENOMEM, "out of memory");
+    blk_unref(b);
+}
+
+/* Starts parsing in place when the lower input begins with a chain long
+ * enough to be worth it that holds a whole frame: the chain moves into
+ * s->rx, and bodies become slices of it (rx_append). */
+static void
+rx_begin(struct pm_session *s, struct evbuffer *in)
+{
+    struct evbuffer_iovec v;
+    struct pm_hdr hdr;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len < RX_BLK_MIN)
+        return;
+    pm_hdr_decode(v.iov_base, &hdr);
+    if (PM_HDR_LEN + (size_t)hdr.body_len > v.iov_len)
+        return;
+    s->rx = blk_take(in, v.iov_len);
+    s->rx_off = 0;
+}
+
+/* Handles every complete frame in the lower input.  Frames are parsed in
+ * place in the receive block while there is one, else from the input. */
 static void
 process_input(struct pm_session *s)
 {
@@ -1220,15 +1529,34 @@ process_input(struct pm_session *s)
         while (!s->dead) {
             uint8_t hb[PM_HDR_LEN];
             struct pm_hdr hdr;
-            struct pm_frame frame;
-            struct pm_frame_info info;
-            size_t len = evbuffer_get_length(in), need;
+            size_t len, need = 0;
             const uint8_t *flat;
-            char why[128];
-            int r;
 
             s->read_paused = input_blocked(s) ? 1 : 0;
-            if (s->read_paused || len < PM_HDR_LEN)
+            if (s->read_paused)
+                break;
+            if (s->rx == NULL)
+                rx_begin(s, in);
+            if (s->rx != NULL) {
+                len = s->rx->len - s->rx_off;
+                flat = s->rx->data + s->rx_off;
+                if (len >= PM_HDR_LEN) {
+                    pm_hdr_decode(flat, &hdr);
+                    need = PM_HDR_LEN + (size_t)hdr.body_len;
+                }
+                if (len < PM_HDR_LEN || len < need) {
+                    rx_end(s, in);      /* the rest from the input */
+                    continue;
+                }
+                s->rx_off += need;
+                if (hdr.cmd == PM_CMD_PSH)
+                    on_psh_blk(s, &hdr, flat + PM_HDR_LEN);
+                else if (on_ctl(s, &hdr, flat, need) != 0)
+                    break;
+                continue;
+            }
+            len = evbuffer_get_length(in);
+            if (len < PM_HDR_LEN)
                 break;
             evbuffer_copyout(in, hb, PM_HDR_LEN);
             pm_hdr_decode(hb, &hdr);
@@ -1245,39 +1573,19 @@ process_input(struct pm_session *s)
                 die(s, SL_ENOMEM, "out of memory");
                 break;
             }
-            pm_frame_split(flat, need, &frame, &need);
-            r = pm_frame_validate(&frame, &info);
-            if (r != PM_OK) {
-                pm_frame_strerror(r, &hdr, why, sizeof(why));
-                /* "picomux: ..." - the layer is named by the error. */
-                die(s, SL_EPROTO, "%s",
-                    strncmp(why, LAYER ": ", sizeof(LAYER ": ") - 1) == 0
-                        ? why + sizeof(LAYER ": ") - 1
-                        : why);
+            if (on_ctl(s, &hdr, flat, need) != 0)
                 break;
-            }
-            switch (hdr.cmd) {
-            case PM_CMD_SYN:
-                on_syn(s, hdr.stream_id, frame.body, hdr.body_len);
-                break;
-            case PM_CMD_FIN:
-                on_fin(s, hdr.stream_id);
-                break;
-            case PM_CMD_MORE:
-                on_more(s, hdr.stream_id, info.more_incr);
-                break;
-            case PM_CMD_PING:
-                out_frame(s, PM_CMD_PONG, PM_PING_STREAM_ID, NULL, 0);
-                break;
-            case PM_CMD_PONG:
-                on_pong(s);
-                break;
-            default:    /* NOP */
-                break;
-            }
             evbuffer_drain(in, need);
         }
     } while (s->read_again && !s->dead);
+    if (s->rx != NULL) {
+        if (s->dead) {
+            blk_unref(s->rx);
+            s->rx = NULL;
+        } else {
+            rx_end(s, in);
+        }
+    }
     s->in_read = 0;
     if (s->dead)
         return;
@@ -1302,6 +1610,52 @@ process_input(struct pm_session *s)
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* Appends a PSH frame of take (<= st_pending) bytes of st's to the
+ * batch.  Chains of the user's that fit move whole; longer ones become
+ * st->tx, cut into slices (Rust's frames are at most PM_MSS, §4.2).
+ * Moving from mine.input may move more of the user's output in; that
+ * never calls back (pair callbacks are deferred). */
+static void
+tx_frame(struct pm_session *s, struct pm_stream *st, size_t take)
+{
+    struct evbuffer *in = bufferevent_get_input(st->mine);
+    uint8_t hdr[PM_HDR_LEN];
+
+    pm_hdr_encode(hdr, PM_CMD_PSH, (uint16_t)take, st->id);
+    evbuffer_add(s->batch, hdr, sizeof(hdr));
+    while (take > 0) {
+        struct pm_blk *b = st->tx;
+        size_t k;
+
+        if (b == NULL) {
+            struct evbuffer_iovec v;
+            int n = evbuffer_peek(in, -1, NULL, &v, 1);
+
+            if (n >= 1 && v.iov_len > 0 && v.iov_len <= take) {
+                evbuffer_remove_buffer(in, s->batch, v.iov_len);
+                take -= v.iov_len;
+                continue;
+            }
+            if (n < 1 || v.iov_len < TX_BLK_MIN ||
+                (b = blk_take(in, v.iov_len)) == NULL) {
+                /* Small, or out of memory: copied. */
+                evbuffer_remove_buffer(in, s->batch, take);
+                return;
+            }
+            st->tx = b;
+            st->tx_off = 0;
+        }
+        k = b->len - st->tx_off;
+        if (k > take)
+            k = take;
+        blk_append(s->batch, b, b->data + st->tx_off, k);
+        st->tx_off += k;
+        take -= k;
+        if (st->tx_off == b->len)
+            tx_drop(st);
+    }
+}
+
 /* One frame per stream in turn while the lower output has room. */
 static void
 pump(struct pm_session *s)
@@ -1318,23 +1672,17 @@ pump(struct pm_session *s)
                        evbuffer_get_length(s->batch) <
                    s->p.lower_buffer) {
             struct pm_stream *st = s->ring_head;
-            struct evbuffer *in = bufferevent_get_input(st->mine);
-            size_t n = evbuffer_get_length(in);
+            size_t n = st_pending(st);
 
             ring_del(s, st);
             if (n > 0 && st->credits > 0) {
                 size_t take = n < PM_MSS ? n : PM_MSS;
-                uint8_t hdr[PM_HDR_LEN];
 
-                pm_hdr_encode(hdr, PM_CMD_PSH, (uint16_t)take, st->id);
-                evbuffer_add(s->batch, hdr, sizeof(hdr));
-                /* May move more of the user's output in; never calls
-                 * back (pair callbacks are deferred). */
-                evbuffer_remove_buffer(in, s->batch, take);
+                tx_frame(s, st, take);
                 st->credits--;
                 s->bytes_sent += take;
                 mine_read_ctl(st);      /* may take more from the user */
-                n = evbuffer_get_length(in);
+                n = st_pending(st);
             }
             if (n == 0 && st->fin_wanted)
                 st_close(st, 0);     /* may free st; flushes the batch */
@@ -1567,6 +1915,7 @@ pm_session_new(void *cfg, struct event_base *base, struct sl_pipe *lower,
     s->lower = lower;
     s->lbev = h->pipe_get0_bev(lower);
     s->out_hard = 2 * s->p.lower_buffer;
+    s->pin_max = 2 * s->p.lower_buffer;
     /* Room for whole frames in the input, whatever the layer below set. */
     rhi = s->p.lower_buffer > 2 * PM_FRAME_MAX ? s->p.lower_buffer
                                                 : 2 * PM_FRAME_MAX;
