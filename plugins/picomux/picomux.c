@@ -156,6 +156,7 @@ struct pm_session {
     struct pm_stream *streams;      /* every attached stream */
     struct pm_stream *ring_head, *ring_tail;  /* can send */
     struct pm_stream *acc_head, *acc_tail;    /* await on_stream */
+    struct pm_stream *hot;          /* the live stream found last */
     size_t acc_len;
     size_t out_hard;                /* reading pauses above this output */
     /* liveness */
@@ -389,9 +390,16 @@ slot_del(struct pm_session *s, struct pm_slot *sl)
 static struct pm_stream *
 live_stream(struct pm_session *s, uint32_t id)
 {
-    struct pm_slot *sl = slot_find(s, id);
+    struct pm_slot *sl;
 
-    return sl != NULL && sl->state == SLOT_LIVE ? sl->u.st : NULL;
+    /* Frames come in runs of one stream's: skip the keyed hash. */
+    if (s->hot != NULL && s->hot->id == id)
+        return s->hot;
+    sl = slot_find(s, id);
+    if (sl == NULL || sl->state != SLOT_LIVE)
+        return NULL;
+    s->hot = sl->u.st;
+    return s->hot;
 }
 
 /* Forgets the oldest tombstone if it is still the one in the table. */
@@ -447,6 +455,8 @@ tombstone(struct pm_session *s, uint32_t id)
     struct pm_slot *sl;
     int64_t expiry = now_ms() + (int64_t)PM_TOMBSTONE_TTL_S * 1000;
 
+    if (s->hot != NULL && s->hot->id == id)
+        s->hot = NULL;
     if (s->tq_len == s->tq_cap && s->tq_cap < s->p.max_tombstones)
         tomb_queue_grow(s);
     if (s->tq_len == s->tq_cap) {
@@ -838,6 +848,8 @@ st_detach(struct pm_stream *st)
 
     if (s == NULL)
         return;
+    if (s->hot == st)
+        s->hot = NULL;
     ring_del(s, st);
     if (st->prev != NULL)
         st->prev->next = st->next;
