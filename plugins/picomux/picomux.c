@@ -12,9 +12,24 @@
  *   lower input --PSH body--> mine.output --(pair)--> user input
  *   user output --(pair)--> mine.input --PSH frame--> lower output
  *
- * Each byte is copied at most once on either path: outgoing bodies move
- * with evbuffer_remove_buffer (whole chains of the user's move without a
- * copy), incoming ones are copied once into mine.output (see body_copy).
+ * Bytes are not copied on either path, as a rule: data moves as whole
+ * chains, and frame bodies are reference slices (evbuffer_add_reference)
+ * of refcounted blocks, each a chain moved whole out of an evbuffer
+ * (struct pm_blk; the slice's cleanup drops its reference).
+ *  - Sending: a chain of the user's that fits in the frame moves into
+ *    the batch as it is; a longer one becomes the stream's tx block, cut
+ *    into bodies of at most 8 KiB (PSH bodies never exceed Rust's MSS);
+ *    headers are slices of a page of headers.  Small pieces are copied.
+ *  - Receiving: when the lower input starts with a large chain (one read
+ *    of the layer below) holding a whole frame, that chain becomes the
+ *    receive block and frames are parsed in place; each PSH body of 2 KiB
+ *    or more goes to mine.output as a slice.  The end of the block (a
+ *    frame's start) goes back to the front of the input as a copy, and
+ *    frames straddling chains are copied (body_copy).  A slice pins its
+ *    whole block, so a stream may hold slices of at most 2 x lower_buffer
+ *    bytes of blocks (struct pm_pin counts them per stream and block);
+ *    beyond, its bodies are copied.  A reader that keeps up holds one or
+ *    two blocks; a stalled one holds what it was sent plus that bound.
  *
  * Receiving.  A PSH body goes straight into mine.output; the pair moves it
  * on while the user's input is below stream_buffer (its read high
@@ -1322,7 +1337,8 @@ on_syn(struct pm_session *s, uint32_t id, const uint8_t *body, size_t len)
  * layer below, each as big as that layer's read (up to 256 KiB here for
  * tcp), so a peer sending one tiny PSH per read would pin a read buffer
  * per byte for as long as the reader stalls.  evbuffer_add packs bytes
- * into the last chain, so a stalled stream holds what it was sent. */
+ * into the last chain, so a stalled stream holds what it was sent.  (The
+ * receive block gives slices of reads without that risk: rx_append.) */
 static void
 body_copy(struct evbuffer *in, struct evbuffer *out, size_t len)
 {
