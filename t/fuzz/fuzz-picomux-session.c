@@ -4,7 +4,10 @@
  * The input is what a hostile peer sends down the lower pipe.  It is fed
  * to a live session (the real plugin code, linked in, over a bufferevent
  * pair) in pieces of varying size, with the event loop run between
- * pieces.  The local user is busy too: it opens a stream and writes to
+ * pieces; pieces of 16 KiB and more arrive as one chain each, as the
+ * reads of tcp do, so frames are also parsed in place and passed on as
+ * slices of those chains (20000 bytes stay within the slice bound of the
+ * small lower_buffer below, 65536 exceed it).  The local user is busy too: it opens a stream and writes to
  * it, and treats streams the peer opens in four ways by their order
  * (read, echo, refuse, never read), so the send path, credits, refusals
  * and stalled streams all see hostile input.  Besides "no crash, no UB,
@@ -165,7 +168,7 @@ setup(void)
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    static const size_t chunk[] = { 1, 7, 64, 3, 4096, 13, 65536 };
+    static const size_t chunk[] = { 1, 7, 64, 3, 4096, 13, 20000, 65536 };
     struct bufferevent *pair[2];
     struct sl_pipe *lower, *ours = NULL;
     struct sl_error e;
