@@ -23,9 +23,14 @@
  *  - Receiving: when the lower input starts with a large chain (one read
  *    of the layer below) holding a whole frame, that chain becomes the
  *    receive block and frames are parsed in place; each PSH body of 2 KiB
- *    or more goes to mine.output as a slice.  The end of the block (a
- *    frame's start) goes back to the front of the input as a copy, and
- *    frames straddling chains are copied (body_copy).  A slice pins its
+ *    or more goes to the stream as a slice, through s->stage: the bodies
+ *    of a run of frames of one stream reach mine.output in one move (one
+ *    pair transfer, not one per frame).  A PSH that goes on in the
+ *    next chain, when that is large too, is a slice of each (the next
+ *    chain becomes the block); the block waits for the next read when
+ *    the input is empty; else the end of the block (a frame's start) goes
+ *    back to the front of the input as a copy, and the frames that
+ *    straddle small chains are copied (body_copy).  A slice pins its
  *    whole block, so a stream may hold slices of at most 2 x lower_buffer
  *    bytes of blocks (struct pm_pin counts them per stream and block);
  *    beyond, its bodies are copied.  A reader that keeps up holds one or
@@ -153,6 +158,8 @@ struct pm_session {
     struct bufferevent *lbev;
     struct evbuffer *batch;         /* PSH frames of one pump turn */
     struct pm_blk *rx;              /* input being parsed in place */
+    struct evbuffer *stage;         /* bodies for stage_st, in one run */
+    struct pm_stream *stage_st;
     struct pm_blk *hp;              /* headers of PSH frames sent */
     size_t hp_off;
     size_t rx_off;
@@ -269,6 +276,7 @@ static void pump(struct pm_session *s);
 static void process_input(struct pm_session *s);
 static void st_close(struct pm_stream *st, int peer_fin);
 static void st_free(struct pm_stream *st);
+static void stage_flush(struct pm_session *s);
 
 /* ---- time --------------------------------------------------------------- */
 
@@ -616,7 +624,7 @@ pins_forget(struct pm_stream *st)
 }
 
 /* Appends a PSH body, len bytes of receive block b at p, to what st
- * holds toward its user: a slice while the blocks st holds, b included,
+ * holds toward its user (through s->stage): a slice while the blocks st holds, b included,
  * stay within pin_max bytes; a copy otherwise (a reader that does not
  * keep up), so that a stalled stream never holds much more than what it
  * was sent (see body_copy). */
@@ -624,9 +632,13 @@ static void
 rx_append(struct pm_session *s, struct pm_stream *st, struct pm_blk *b,
           const uint8_t *p, size_t len)
 {
-    struct evbuffer *out = bufferevent_get_output(st->mine);
+    struct evbuffer *out = s->stage;
     struct pm_pin *pin = st->pins;
 
+    if (s->stage_st != st) {
+        stage_flush(s);
+        s->stage_st = st;
+    }
     if (len >= RX_SLICE_MIN) {
         if (pin == NULL || pin->b != b) {
             pin = NULL;
@@ -855,6 +867,20 @@ mine_read_ctl(struct pm_stream *st)
     }
 }
 
+/* Moves the bodies staged for a run of frames of one stream on to it:
+ * one hand-over to the user (one pair transfer, one wakeup) per run
+ * instead of one per frame. */
+static void
+stage_move(struct pm_session *s)
+{
+    struct pm_stream *st = s->stage_st;
+
+    if (st == NULL)
+        return;
+    s->stage_st = NULL;
+    evbuffer_add_buffer(bufferevent_get_output(st->mine), s->stage);
+}
+
 /* Unlinks st from its session, which then forgets it. */
 static void
 st_detach(struct pm_stream *st)
@@ -865,6 +891,8 @@ st_detach(struct pm_stream *st)
         return;
     if (s->hot == st)
         s->hot = NULL;
+    if (s->stage_st == st)
+        stage_move(s);
     ring_del(s, st);
     if (st->prev != NULL)
         st->prev->next = st->next;
@@ -962,6 +990,8 @@ st_close(struct pm_stream *st, int peer_fin)
     struct pm_session *s = st->s;
     struct evbuffer *in = bufferevent_get_input(st->mine);
 
+    if (s != NULL && s->stage_st == st)
+        stage_flush(s);         /* what came before is delivered first */
     if (s != NULL && st->open) {
         out_frame(s, PM_CMD_FIN, st->id, NULL, 0);
         st->open = 0;
@@ -1062,7 +1092,8 @@ rx_account(struct pm_stream *st)
     if (s == NULL || !st->open)
         return;
     moved = st->pushed -
-            evbuffer_get_length(bufferevent_get_output(st->mine));
+            evbuffer_get_length(bufferevent_get_output(st->mine)) -
+            (s->stage_st == st ? evbuffer_get_length(s->stage) : 0);
     st->carry += moved - st->moved;
     st->moved = moved;
     while (st->fr_len > 0 && st->carry >= st->fr[st->fr_head]) {
@@ -1098,6 +1129,18 @@ rx_account(struct pm_stream *st)
         st->granted += grant;
         out_more(s, st->id, grant);
     }
+}
+
+/* The staged bodies go on to their stream, whose frames then count. */
+static void
+stage_flush(struct pm_session *s)
+{
+    struct pm_stream *st = s->stage_st;
+
+    if (st == NULL)
+        return;
+    stage_move(s);
+    rx_account(st);
 }
 
 /* Remembers the length of a frame put into mine.output. */
@@ -1401,6 +1444,7 @@ on_psh(struct pm_session *s, const struct pm_hdr *hdr, struct evbuffer *in)
     struct pm_stream *st;
     size_t len = hdr->body_len;
 
+    stage_flush(s);
     evbuffer_drain(in, PM_HDR_LEN);
     st = psh_target(s, hdr);
     if (st == NULL) {
@@ -1423,7 +1467,10 @@ on_psh_blk(struct pm_session *s, const struct pm_hdr *hdr,
         return;
     if (hdr->body_len > 0)
         rx_append(s, st, s->rx, body, hdr->body_len);
-    rx_account(st);
+    else
+        stage_flush(s);     /* counts at once, as in on_psh */
+    if (s->stage_st != st)
+        rx_account(st);
 }
 
 static void
@@ -1474,6 +1521,7 @@ on_ctl(struct pm_session *s, const struct pm_hdr *hdr, const uint8_t *flat,
     char why[128];
     int r;
 
+    stage_flush(s);
     pm_frame_split(flat, need, &frame, &need);
     r = pm_frame_validate(&frame, &info);
     if (r != PM_OK) {
@@ -1523,6 +1571,52 @@ rx_end(struct pm_session *s, struct evbuffer *in)
     blk_unref(b);
 }
 
+/* A PSH that starts in the receive block and ends in the next chain of
+ * the input, when that chain is large too: it becomes the receive block,
+ * and the body goes on as a slice (or copy) of each.  -1 if not so. */
+static int
+rx_straddle(struct pm_session *s, struct evbuffer *in)
+{
+    struct pm_blk *b1 = s->rx, *b2;
+    const uint8_t *p1 = b1->data + s->rx_off;
+    size_t a = b1->len - s->rx_off, need, skip;
+    uint8_t hb[PM_HDR_LEN];
+    struct evbuffer_iovec v;
+    struct pm_hdr hdr;
+    struct pm_stream *st;
+
+    if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len < RX_BLK_MIN ||
+        a + v.iov_len < PM_HDR_LEN)
+        return -1;
+    if (a >= PM_HDR_LEN) {
+        memcpy(hb, p1, PM_HDR_LEN);
+    } else {
+        memcpy(hb, p1, a);
+        memcpy(hb + a, v.iov_base, PM_HDR_LEN - a);
+    }
+    pm_hdr_decode(hb, &hdr);
+    need = PM_HDR_LEN + (size_t)hdr.body_len;
+    if (hdr.cmd != PM_CMD_PSH || a + v.iov_len < need)
+        return -1;
+    b2 = blk_take(in, v.iov_len);
+    if (b2 == NULL)
+        return -1;
+    s->rx = b2;
+    s->rx_off = need - a;
+    skip = a < PM_HDR_LEN ? PM_HDR_LEN - a : 0;  /* header bytes in b2 */
+    st = psh_target(s, &hdr);
+    if (st != NULL) {
+        if (a > PM_HDR_LEN)
+            rx_append(s, st, b1, p1 + PM_HDR_LEN, a - PM_HDR_LEN);
+        if (need - a > skip)
+            rx_append(s, st, b2, b2->data + skip, need - a - skip);
+        if (s->stage_st != st)
+            rx_account(st);
+    }
+    blk_unref(b1);
+    return 0;
+}
+
 /* Starts parsing in place when the lower input begins with a chain long
  * enough to be worth it that holds a whole frame: the chain moves into
  * s->rx, and bodies become slices of it (rx_append). */
@@ -1569,6 +1663,11 @@ process_input(struct pm_session *s)
                 break;
             if (s->rx == NULL)
                 rx_begin(s, in);
+            if (s->rx != NULL && s->rx->len == s->rx_off) {
+                blk_unref(s->rx);       /* all parsed */
+                s->rx = NULL;
+                continue;
+            }
             if (s->rx != NULL) {
                 len = s->rx->len - s->rx_off;
                 flat = s->rx->data + s->rx_off;
@@ -1577,7 +1676,14 @@ process_input(struct pm_session *s)
                     need = PM_HDR_LEN + (size_t)hdr.body_len;
                 }
                 if (len < PM_HDR_LEN || len < need) {
-                    rx_end(s, in);      /* the rest from the input */
+                    /* The frame goes on in the next chain: on as a slice
+                     * of it too, or, when the input is empty, wait with
+                     * the block, else the rest from the input. */
+                    if (rx_straddle(s, in) != 0) {
+                        if (evbuffer_get_length(in) == 0)
+                            break;
+                        rx_end(s, in);
+                    }
                     continue;
                 }
                 s->rx_off += need;
@@ -1610,14 +1716,8 @@ process_input(struct pm_session *s)
             evbuffer_drain(in, need);
         }
     } while (s->read_again && !s->dead);
-    if (s->rx != NULL) {
-        if (s->dead) {
-            blk_unref(s->rx);
-            s->rx = NULL;
-        } else {
-            rx_end(s, in);
-        }
-    }
+    if (!s->dead)
+        stage_flush(s);
     s->in_read = 0;
     if (s->dead)
         return;
@@ -1628,7 +1728,8 @@ process_input(struct pm_session *s)
     else if (!(bufferevent_get_enabled(s->lbev) & EV_READ))
         bufferevent_enable(s->lbev, EV_READ);
     if (s->lower_eof && !s->read_paused) {
-        size_t left = evbuffer_get_length(in);
+        size_t left = evbuffer_get_length(in) +
+                      (s->rx != NULL ? s->rx->len - s->rx_off : 0);
 
         if (left > 0)
             die(s, SL_ECLOSED, "the lower pipe ended inside a frame (%zu "
@@ -1790,6 +1891,10 @@ teardown(struct pm_session *s, const struct sl_error *why)
             s->h->pipe_set_error(st->pipe, why);
         give_eof(st);
     }
+    if (s->rx != NULL) {
+        blk_unref(s->rx);
+        s->rx = NULL;
+    }
     if (s->lower != NULL) {
         s->h->pipe_free(s->lower);
         s->lower = NULL;
@@ -1807,6 +1912,7 @@ do_free(struct pm_session *s)
     event_free(s->deliver_ev);
     event_free(s->death_ev);
     evbuffer_free(s->batch);
+    evbuffer_free(s->stage);
     if (s->hp != NULL)
         blk_unref(s->hp);
     free(s->slots);
@@ -1974,7 +2080,8 @@ pm_session_new(void *cfg, struct event_base *base, struct sl_pipe *lower,
     s->deliver_ev = event_new(base, -1, 0, deliver_cb, s);
     s->death_ev = event_new(base, -1, 0, death_cb, s);
     s->batch = evbuffer_new();
-    if (s->slots == NULL || s->ping_ev == NULL || s->deliver_ev == NULL ||
+    s->stage = evbuffer_new();
+    if (s->stage == NULL || s->slots == NULL || s->ping_ev == NULL || s->deliver_ev == NULL ||
         s->death_ev == NULL || s->batch == NULL)
         goto nomem;
     s->lower = lower;
@@ -2006,6 +2113,8 @@ nomem:
             event_free(s->death_ev);
         if (s->batch != NULL)
             evbuffer_free(s->batch);
+        if (s->stage != NULL)
+            evbuffer_free(s->stage);
         free(s->slots);
         free(s->metadata);
         free(s);
