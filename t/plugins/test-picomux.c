@@ -764,6 +764,7 @@ test_open_credits_fin(void)
     struct sl_pipe *p = NULL;
     struct sl_error e;
     struct pm_hdr h;
+    struct evbuffer *out;
     size_t got = 0;
     int frames = 0, k;
     uint32_t id;
@@ -778,8 +779,14 @@ test_open_credits_fin(void)
                     == 1);
     CU_ASSERT(h.body_len == 5 && memcmp(frame_body, "meta!", 5) == 0);
     id = h.stream_id;
-    evbuffer_add(bufferevent_get_output(sl_pipe_get0_bev(p)), data,
-                 sizeof(data));
+    /* Chains of several sizes: shorter than a frame (moved as they are),
+     * longer (sent as slices of it, across the wait for credit), and in
+     * between. */
+    out = bufferevent_get_output(sl_pipe_get0_bev(p));
+    evbuffer_add(out, data, 100);
+    evbuffer_add_reference(out, data + 100, 150000, NULL, NULL);
+    evbuffer_add_reference(out, data + 150100, 3000, NULL, NULL);
+    evbuffer_add(out, data + 153100, sizeof(data) - 153100);
     sl_pipe_shutdown_write(p);
     /* Ten credits to start with (§7.2): ten PSH, then nothing. */
     while ((k = raw_expect(&r, PM_CMD_PSH, &h, frame_body, QUIET_MS)) == 1) {
