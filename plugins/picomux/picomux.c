@@ -36,9 +36,10 @@
  *    beyond, its bodies are copied.  A reader that keeps up holds one or
  *    two blocks; a stalled one holds what it was sent plus that bound.
  *
- * Receiving.  A PSH body goes straight into mine.output; the pair moves it
- * on while the user's input is below stream_buffer (its read high
- * watermark).  A frame counts as delivered once all of it has moved to the
+ * Receiving.  A PSH body goes into mine.output (with the rest of its run
+ * of frames of that stream, before any other frame is handled); the pair
+ * moves it on while the user's input is below stream_buffer (its read
+ * high watermark).  A frame counts as delivered once all of it has moved to the
  * user; mine's write callback fires on every move, and the receiver policy
  * of §7.3 runs per delivered frame, sending MORE.  So a stalled reader
  * stops only its own stream: its sender runs out of credit after at most
