@@ -39,12 +39,12 @@
  * Receiving.  A PSH body goes into mine.output (with the rest of its run
  * of frames of that stream, before any other frame is handled); the pair
  * moves it on while the user's input is below stream_buffer (its read
- * high watermark).  A frame counts as delivered once all of it has moved to the
- * user; mine's write callback fires on every move, and the receiver policy
- * of §7.3 runs per delivered frame, sending MORE.  So a stalled reader
- * stops only its own stream: its sender runs out of credit after at most
- * `window` frames, which wait in mine.output, while every other stream and
- * the session go on.
+ * high watermark).  A frame counts as delivered once all of it has moved
+ * to the user; mine's write callback fires on every move, and the
+ * receiver policy of §7.3 runs per delivered frame, sending MORE.  So a
+ * stalled reader stops only its own stream: its sender runs out of
+ * credit after at most `window` frames, which wait in mine.output, while
+ * every other stream and the session go on.
  *
  * Sending.  Streams with data and credit wait in a ring; the pump takes
  * one frame (at most 8 KiB, as Rust) from each in turn while the lower
@@ -159,12 +159,12 @@ struct pm_session {
     struct bufferevent *lbev;
     struct evbuffer *batch;         /* PSH frames of one pump turn */
     struct pm_blk *rx;              /* input being parsed in place */
+    size_t rx_off;
+    size_t pin_max;                 /* receive blocks a stream may hold */
     struct evbuffer *stage;         /* bodies for stage_st, in one run */
     struct pm_stream *stage_st;
     struct pm_blk *hp;              /* headers of PSH frames sent */
     size_t hp_off;
-    size_t rx_off;
-    size_t pin_max;                 /* receive blocks a stream may hold */
     sl_stream_fn *on_stream;
     sl_dead_fn *on_dead;
     void *arg;
@@ -625,10 +625,10 @@ pins_forget(struct pm_stream *st)
 }
 
 /* Appends a PSH body, len bytes of receive block b at p, to what st
- * holds toward its user (through s->stage): a slice while the blocks st holds, b included,
- * stay within pin_max bytes; a copy otherwise (a reader that does not
- * keep up), so that a stalled stream never holds much more than what it
- * was sent (see body_copy). */
+ * holds toward its user (through s->stage): a slice while the blocks st
+ * holds, b included, stay within pin_max bytes; a copy otherwise (a
+ * reader that does not keep up), so that a stalled stream never holds
+ * much more than what it was sent (see body_copy). */
 static void
 rx_append(struct pm_session *s, struct pm_stream *st, struct pm_blk *b,
           const uint8_t *p, size_t len)
@@ -2082,8 +2082,8 @@ pm_session_new(void *cfg, struct event_base *base, struct sl_pipe *lower,
     s->death_ev = event_new(base, -1, 0, death_cb, s);
     s->batch = evbuffer_new();
     s->stage = evbuffer_new();
-    if (s->stage == NULL || s->slots == NULL || s->ping_ev == NULL || s->deliver_ev == NULL ||
-        s->death_ev == NULL || s->batch == NULL)
+    if (s->stage == NULL || s->slots == NULL || s->ping_ev == NULL ||
+        s->deliver_ev == NULL || s->death_ev == NULL || s->batch == NULL)
         goto nomem;
     s->lower = lower;
     s->lbev = h->pipe_get0_bev(lower);

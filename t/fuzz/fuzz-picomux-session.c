@@ -7,10 +7,11 @@
  * pieces; pieces of 16 KiB and more arrive as one chain each, as the
  * reads of tcp do, so frames are also parsed in place and passed on as
  * slices of those chains (20000 bytes stay within the slice bound of the
- * small lower_buffer below, 65536 exceed it).  The local user is busy too: it opens a stream and writes to
- * it, and treats streams the peer opens in four ways by their order
- * (read, echo, refuse, never read), so the send path, credits, refusals
- * and stalled streams all see hostile input.  Besides "no crash, no UB,
+ * small lower_buffer below, 65536 exceed it).  The local user is busy
+ * too: it opens a stream and writes to it, and treats streams the peer
+ * opens in four ways by their order (read, echo, refuse, never read), so
+ * the send path, credits, refusals and stalled streams all see hostile
+ * input.  Besides "no crash, no UB,
  * no leak, no hang" it checks:
  *
  *  - memory: what the session buffers toward its user never exceeds
