@@ -18,8 +18,8 @@
  * (struct pm_blk; the slice's cleanup drops its reference).
  *  - Sending: a chain of the user's that fits in the frame moves into
  *    the batch as it is; a longer one becomes the stream's tx block, cut
- *    into bodies of at most 8 KiB (PSH bodies never exceed Rust's MSS).
- *    Headers and small pieces are copied.
+ *    into bodies of at most 8 KiB (PSH bodies never exceed Rust's MSS);
+ *    headers are slices of a page of headers.  Small pieces are copied.
  *  - Receiving: when the lower input starts with a large chain (one read
  *    of the layer below) holding a whole frame, that chain becomes the
  *    receive block and frames are parsed in place; each PSH body of 2 KiB
@@ -89,6 +89,7 @@
 #define RX_SLICE_MIN 2048       /* smaller received bodies are copied */
 #define RX_BLK_MIN 16384        /* smaller lower chains are not blocks */
 #define TX_BLK_MIN 2048         /* smaller user chains are copied */
+#define HDR_PAGE 4096           /* PSH headers sent, 512 to a page */
 
 enum { SLOT_EMPTY = 0, SLOT_LIVE = 1, SLOT_TOMB = 2 };
 
@@ -118,7 +119,7 @@ struct pm_stream;
  * the reference slices (evbuffer_add_reference) cut from it; freed with
  * the last reference. */
 struct pm_blk {
-    struct evbuffer *buf;           /* owns the chains */
+    struct evbuffer *buf;           /* owns the chains; NULL: headers */
     const uint8_t *data;            /* flat: one chain, so no copy */
     size_t len;
     size_t refs;
@@ -162,6 +163,8 @@ struct pm_session {
     size_t pin_max;                 /* receive blocks a stream may hold */
     struct evbuffer *stage;         /* bodies for stage_st, in one run */
     struct pm_stream *stage_st;
+    struct pm_blk *hp;              /* headers of PSH frames sent */
+    size_t hp_off;
     sl_stream_fn *on_stream;
     sl_dead_fn *on_dead;
     void *arg;
@@ -521,7 +524,8 @@ static void
 blk_unref(struct pm_blk *b)
 {
     if (--b->refs == 0) {
-        evbuffer_free(b->buf);
+        if (b->buf != NULL)
+            evbuffer_free(b->buf);
         free(b);
     }
 }
@@ -1740,6 +1744,37 @@ process_input(struct pm_session *s)
 
 /* ---- sending ------------------------------------------------------------ */
 
+/* Appends a PSH header to the batch: a slice of a page of headers, as
+ * the body that follows is a slice too (a chain of its own), and small
+ * chain headers are cheaper to allocate than a chain with room. */
+static void
+tx_hdr(struct pm_session *s, const uint8_t hdr[PM_HDR_LEN])
+{
+    struct pm_blk *hp = s->hp;
+
+    if (hp == NULL || s->hp_off + PM_HDR_LEN > hp->len) {
+        if (hp != NULL)
+            blk_unref(hp);
+        s->hp = hp = malloc(sizeof(*hp) + HDR_PAGE);
+        if (hp == NULL) {
+            evbuffer_add(s->batch, hdr, PM_HDR_LEN);
+            return;
+        }
+        hp->buf = NULL;
+        hp->data = (const uint8_t *)(hp + 1);
+        hp->len = HDR_PAGE;
+        hp->refs = 1;
+        s->hp_off = 0;
+    }
+    memcpy((uint8_t *)(hp + 1) + s->hp_off, hdr, PM_HDR_LEN);
+    if (evbuffer_add_reference(s->batch, hp->data + s->hp_off, PM_HDR_LEN,
+                               blk_slice_done, hp) == 0)
+        hp->refs++;
+    else
+        evbuffer_add(s->batch, hdr, PM_HDR_LEN);
+    s->hp_off += PM_HDR_LEN;
+}
+
 /* Appends a PSH frame of take (<= st_pending) bytes of st's to the
  * batch.  Chains of the user's that fit move whole; longer ones become
  * st->tx, cut into slices (Rust's frames are at most PM_MSS, §4.2).
@@ -1752,7 +1787,7 @@ tx_frame(struct pm_session *s, struct pm_stream *st, size_t take)
     uint8_t hdr[PM_HDR_LEN];
 
     pm_hdr_encode(hdr, PM_CMD_PSH, (uint16_t)take, st->id);
-    evbuffer_add(s->batch, hdr, sizeof(hdr));
+    tx_hdr(s, hdr);
     while (take > 0) {
         struct pm_blk *b = st->tx;
         size_t k;
@@ -1879,6 +1914,8 @@ do_free(struct pm_session *s)
     event_free(s->death_ev);
     evbuffer_free(s->batch);
     evbuffer_free(s->stage);
+    if (s->hp != NULL)
+        blk_unref(s->hp);
     free(s->slots);
     free(s->tq);
     free(s->metadata);
