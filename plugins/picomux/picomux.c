@@ -1744,9 +1744,10 @@ process_input(struct pm_session *s)
 
 /* ---- sending ------------------------------------------------------------ */
 
-/* Appends a PSH header to the batch: a slice of a page of headers, as
- * the body that follows is a slice too (a chain of its own), and small
- * chain headers are cheaper to allocate than a chain with room. */
+/* Appends a PSH header to the batch: a slice of a page of headers.  It
+ * needs a chain of its own either way (the body before it is a slice);
+ * libevent allocates 1 KiB for a slice as for a small chain, yet this
+ * measured a few per cent faster than copying the header (bench). */
 static void
 tx_hdr(struct pm_session *s, const uint8_t hdr[PM_HDR_LEN])
 {
