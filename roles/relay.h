@@ -4,8 +4,16 @@
  * A relay joins two sl_pipes (a user's connection and a tunnel stream, a
  * tunnel stream and a destination): whatever one side reads is written to
  * the other.  Memory is bounded: while the bytes waiting to leave one side
- * reach RELAY_HIGH, the relay stops reading the other side, and resumes
- * once they are down to RELAY_LOW.
+ * (in the pipe's output, and those the pipe's layer took but has not sent
+ * yet) reach the other side's window, the relay stops reading the other
+ * side, and resumes once they are down to half of it.  Each direction's
+ * window starts at RELAY_MIN and follows the rate the direction moves at,
+ * about RELAY_PERIOD_MS worth of it, up to RELAY_HIGH: a tunnel that
+ * carries bulk data gets room to keep its far end busy, while each of
+ * many tunnels that share a slow link holds little, their backlog
+ * waiting in the kernel's socket buffers.  The window also bounds what
+ * the layer below the read side hands over at a time (the read high
+ * watermark of its pipe).
  *
  * End of stream.  When side X ends its send direction (EOF), every byte it
  * sent is delivered to Y, then Y's write side is shut down.  When both
@@ -27,10 +35,12 @@
 
 struct sl_pipe;
 
-/* Bytes waiting towards one side at which the other side stops being read,
- * and at which it is read again. */
+/* The smallest and largest window of a direction (bytes waiting towards
+ * one side at which the other side stops being read), and the period
+ * over which its rate is measured. */
+#define RELAY_MIN (8 * 1024)
 #define RELAY_HIGH (256 * 1024)
-#define RELAY_LOW (64 * 1024)
+#define RELAY_PERIOD_MS 10
 /* How long a graceful close may take to flush before the pipe is freed:
  * relay_close_pipe, and a relay's pipe whose peer already ended.  A
  * relay's other pipes wait for their peer's end as long as the relay's
