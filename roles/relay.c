@@ -62,14 +62,15 @@ struct relay {
     struct relay_stats st;
 };
 
-/* Graceful closes in progress.  A layer with half-close (tcp) gets a
- * lingering close: shutdown_write, which sends everything then FIN, and
- * the pipe is kept, its input discarded, until the peer ends too (so it
- * has read everything) or RELAY_CLOSE_MS pass.  Freeing the pipe once its
- * output buffer is empty would be too early: the layer may still hold
- * bytes the socket has not taken.  A layer without half-close (a picomux
- * stream) keeps sending its data after the pipe is freed, so sl_pipe_close
- * is enough there. */
+/* Graceful closes in progress.  A layer with half-close (tcp) whose peer
+ * may still send gets a lingering close: shutdown_write, which sends
+ * everything then FIN, and the pipe is kept, its input read and dropped,
+ * until the peer ends too or the bound passes.  Freeing it at once would
+ * close the socket with input unread or still arriving, and the kernel
+ * answers that with a reset, which throws away what the peer has not
+ * read yet of our last bytes.  Otherwise (the peer has ended, or a layer
+ * without half-close such as a picomux stream) sl_pipe_close is enough:
+ * the layer sends what it accepted after the pipe is freed. */
 struct lingering {
     struct sl_pipe *p;
     struct event *timer;
@@ -143,8 +144,7 @@ relay_close_pipe(struct sl_pipe *p, int peer_ended)
     linger_start(p, peer_ended, RELAY_CLOSE_MS);
 }
 
-/* ms bounds the wait for the peer's end (RELAY_CLOSE_MS once the peer's
- * EOF was seen: none will come again). */
+/* ms bounds the wait for the peer's end (RELAY_CLOSE_MS at least). */
 static void
 linger_start(struct sl_pipe *p, int peer_ended, int64_t ms)
 {
@@ -156,7 +156,9 @@ linger_start(struct sl_pipe *p, int peer_ended, int64_t ms)
         return;
     closing_count++;
     bev = sl_pipe_get0_bev(p);
-    if (!pipe_half_close(p) ||
+    /* Once the peer has ended, nothing more comes in: the layer sends
+     * what it accepted, then FIN (tcp does so after the pipe is freed). */
+    if (peer_ended || !pipe_half_close(p) ||
         (l = calloc(1, sizeof(*l))) == NULL ||
         (l->timer = evtimer_new(bufferevent_get_base(bev), linger_timer_cb,
                                 l)) == NULL) {
@@ -173,7 +175,7 @@ linger_start(struct sl_pipe *p, int peer_ended, int64_t ms)
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     if (!sl_pipe_write_shut(p))
         sl_pipe_shutdown_write(p);
-    if (peer_ended || ms < RELAY_CLOSE_MS)
+    if (ms < RELAY_CLOSE_MS)
         ms = RELAY_CLOSE_MS;
     tv.tv_sec = (time_t)(ms / 1000);
     tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;

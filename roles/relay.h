@@ -77,16 +77,17 @@ void relay_free(struct relay *r);
 /* The bytes moved so far. */
 void relay_get_stats(const struct relay *r, struct relay_stats *st);
 
-/* Consumes p: closes it gracefully.  A layer with half-close (tcp) gets a
+/* Consumes p: closes it gracefully.  A layer with half-close (tcp) whose
+ * peer may still send (peer_ended is 0: its EOF was not seen) gets a
  * lingering close: everything written is sent, then FIN, and the pipe is
- * kept (its input discarded) until the peer ends its side too, so it has
- * read everything, or RELAY_CLOSE_MS pass (peer_ended says the peer's
- * EOF was already seen, so only the time bound ends the close).  Freeing
- * the pipe as soon as its output
- * buffer is empty could lose what the layer has not yet handed to the
- * socket.  Other layers get sl_pipe_close().  Relays close their pipes
- * this way (see RELAY_CLOSE_MS for their bound); programs use it for
- * their own replies (an error answer). */
+ * kept (its input read and dropped) until the peer ends its side too, or
+ * RELAY_CLOSE_MS pass.  A socket closed while input is unread or still
+ * arriving answers with a reset, which would throw away what the peer
+ * has not read yet of our last bytes.  Otherwise the pipe gets
+ * sl_pipe_close(): the layer sends what it accepted, then FIN, after the
+ * pipe is freed.  Relays close their pipes this way (see RELAY_CLOSE_MS
+ * for their bound); programs use it for their own replies (an error
+ * answer). */
 void relay_close_pipe(struct sl_pipe *p, int peer_ended);
 
 /* Number of pipes in a graceful close started by relay_close_pipe (or a

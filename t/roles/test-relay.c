@@ -744,6 +744,31 @@ test_no_half_close_picomux_reverse(void)
     fixture_end(&f);
 }
 
+/* The stream ends while X is still sending: the relay is done and closes
+ * a, yet X gets every byte and a clean EOF.  A socket closed with unread
+ * input answers with a reset, which would throw away what X had not read
+ * yet: the close keeps reading (and dropping) until X ends too. */
+static void
+test_close_while_peer_sends(void)
+{
+    struct fixture f;
+
+    fixture_start(&f, M_PICOMUX, 0);
+    end_send(&f.x, 1u << 30, false);
+    end_send(&f.y, 4u << 20, true);
+    CU_ASSERT(run_until(fixture_done, &f, WAIT_MS));
+    CU_ASSERT(run_until(x_eof, &f, WAIT_MS));
+    CU_ASSERT(!f.x.error);
+    CU_ASSERT_EQUAL(f.x.received, 4u << 20);
+    CU_ASSERT(!f.x.bad_data);
+    CU_ASSERT_EQUAL(f.done_calls, 1);
+    /* X stops sending and ends: the lingering close ends with it. */
+    f.x.to_send = f.x.sent;
+    sl_pipe_shutdown_write(f.x.p);
+    CU_ASSERT(run_until(fixture_closed, NULL, WAIT_MS));
+    fixture_end(&f);
+}
+
 /* Reads at most max bytes of x's input, checking them. */
 static void
 end_read_some(struct end *x, size_t max)
@@ -1089,6 +1114,8 @@ main(void)
           test_no_half_close_picomux },
         { "no half-close: end of the stream ends the tcp side",
           test_no_half_close_picomux_reverse },
+        { "closing while the peer still sends: no reset, every byte",
+          test_close_while_peer_sends },
         { "a finished relay still delivers every byte",
           test_close_delivers_everything },
         { "relay_closing_abort frees lingering closes", test_closing_abort },
