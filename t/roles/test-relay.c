@@ -1012,7 +1012,6 @@ test_waiting_input(void)
 
 #define SLOW_TOTAL (128 * 1024)
 #define SLOW_STEP 4096
-#define SLOW_TICK_MS 10
 #define SLOW_CLOSE_MS 40
 
 struct slow {
