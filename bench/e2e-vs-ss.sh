@@ -7,6 +7,11 @@
 #   connect   1000 sequential fetches of a 1-byte body: latency p50, p99
 #   parallel  1000 concurrent 1 MiB downloads: total seconds, and the peak
 #             RSS (VmHWM) of the proxy pair, started fresh for this case
+# For quick partial runs while working: SL_BENCH_CASES (default "bulk
+# connect parallel") selects the cases, SL_BENCH_ONLY=1 measures sillad
+# alone (figures not measured print as "-"), SL_BENCH_PAR_SIZE sets the
+# size of each parallel download (default 1048576), and SL_BENCH_RSS_EACH=1
+# prints the peak RSS of each proxy process of the parallel case.
 # Every transfer is counted by bench/socks-load (status 200, Content-Length
 # and the number of body bytes); a failed fetch fails the bench.
 # Prints one table and the sillad/shadowsocks ratios (higher is better for
@@ -14,6 +19,7 @@
 set -euo pipefail
 build=${1:?usage: e2e-vs-ss.sh BUILDDIR}
 bulk_mib=${SL_BENCH_BULK_MIB:-256}
+cases=" ${SL_BENCH_CASES:-bulk connect parallel} "
 load=$build/bench/socks-load
 export SILLAD_PLUGIN_PATH=$build/plugins/.libs
 
@@ -151,20 +157,39 @@ run() {
 ' "$name" "$case" "$line"
 }
 
+want() { [[ $cases == *" $1 "* ]]; }
+
 measure() {
     local name=$1 line
-    "start_$name"
-    run "$name" bulk --size $((bulk_mib * 1048576)) --count 1 --concurrency 1
-    R[$name.bulk]=$(field "$line" mib_per_s)
-    run "$name" connect --size 1 --count 1000 --concurrency 1
-    R[$name.p50]=$(field "$line" p50_ms)
-    R[$name.p99]=$(field "$line" p99_ms)
-    stop_proxies
-    "start_$name"
-    run "$name" parallel --size 1048576 --count 1000 --concurrency 1000
-    R[$name.par]=$(field "$line" seconds)
-    R[$name.rss]=$(peak_rss_kib)
-    stop_proxies
+    if want bulk || want connect; then
+        "start_$name"
+        if want bulk; then
+            run "$name" bulk --size $((bulk_mib * 1048576)) --count 1 \
+                --concurrency 1
+            R[$name.bulk]=$(field "$line" mib_per_s)
+        fi
+        if want connect; then
+            run "$name" connect --size 1 --count 1000 --concurrency 1
+            R[$name.p50]=$(field "$line" p50_ms)
+            R[$name.p99]=$(field "$line" p99_ms)
+        fi
+        stop_proxies
+    fi
+    if want parallel; then
+        "start_$name"
+        run "$name" parallel --size "${SL_BENCH_PAR_SIZE:-1048576}" \
+            --count 1000 --concurrency 1000
+        R[$name.par]=$(field "$line" seconds)
+        R[$name.rss]=$(peak_rss_kib)
+        if [ -n "${SL_BENCH_RSS_EACH:-}" ]; then
+            for p in "${proxy_pids[@]}"; do
+                printf '  %-7s %s VmHWM %s KiB\n' "$name" \
+                    "$(cat "/proc/$p/comm")" \
+                    "$(awk '/^VmHWM:/ { print $2 }' "/proc/$p/status")"
+            done
+        fi
+        stop_proxies
+    fi
 }
 
 echo "== end to end: sillad (tcp|sosistab3|e2e|picomux) vs shadowsocks-libev"
@@ -173,8 +198,10 @@ measure sillad
 printf '%-40s %14s %14s %8s\n' figure sillad shadowsocks ratio
 row() {
     # row LABEL KEY HIGHER_IS_BETTER(1|0)
-    local s=${R[sillad.$2]} o=${R[ss.$2]} r
-    if [ "$3" = 1 ]; then
+    local s=${R[sillad.$2]:--} o=${R[ss.$2]:--} r
+    if [ "$s" = - ] || [ "$o" = - ]; then
+        r=-
+    elif [ "$3" = 1 ]; then
         r=$(awk -v a="$s" -v b="$o" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
     else
         r=$(awk -v a="$s" -v b="$o" 'BEGIN { printf "%.2f", (a > 0 ? b / a : 0) }')

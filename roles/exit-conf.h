@@ -1,6 +1,7 @@
 /*
- * exit-conf.h - config values and small program helpers shared by
- * sillad-exit and sillad-bridge.
+ * exit-conf.h - config values and small program helpers shared by the
+ * role programs (sillad-exit and sillad-bridge; its address file also
+ * sillad-client).
  *
  * Getters read the value at a JSON pointer of a loaded sl_config; an
  * absent value leaves *out at the caller's default.  Errors name the file,
@@ -40,6 +41,27 @@ int xc_write_file(const char *path, const char *text, struct sl_error *e);
  * operations call back and freed bufferevents finish). */
 void xc_drain(struct event_base *base, int (*done)(void *), void *arg,
               int ms);
+
+/* Doubly linked lists through the members prev and next: x goes to the
+ * front of, or out of, the list at head. */
+#define LIST_ADD(head, x)                                                    \
+    do {                                                                     \
+        (x)->prev = NULL;                                                    \
+        (x)->next = (head);                                                  \
+        if ((head) != NULL)                                                  \
+            (head)->prev = (x);                                              \
+        (head) = (x);                                                        \
+    } while (0)
+#define LIST_DEL(head, x)                                                    \
+    do {                                                                     \
+        if ((x)->prev != NULL)                                               \
+            (x)->prev->next = (x)->next;                                     \
+        else                                                                 \
+            (head) = (x)->next;                                              \
+        if ((x)->next != NULL)                                               \
+            (x)->next->prev = (x)->prev;                                     \
+        (x)->prev = (x)->next = NULL;                                        \
+    } while (0)
 
 /* "ip:port" / "[ip6]:port" of a socket address into buf. */
 const char *xc_format_addr(const struct sockaddr *sa, char *buf,

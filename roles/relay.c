@@ -2,8 +2,13 @@
  *
  * Each side is one pipe's bufferevent.  Reading side X moves X's input to
  * the output of the other side Y (evbuffer_add_buffer moves chains, no
- * copy).  Y's write low watermark is RELAY_LOW, so Y's write callback runs
- * once the backlog is down to it and turns X's reading back on.
+ * copy).  X stops being read while Y's backlog (backlog()) is at X's
+ * window, and is read again once the backlog is down to half of it: from
+ * Y's write callback (Y's write low watermark is half the window) or from
+ * a callback on the input of the layer's end of Y's pair, which drains
+ * as the layer sends.  X's window follows the rate X's bytes move at
+ * (rate_update), and bounds X's input too (its read high watermark), so
+ * that the layer below X reads no more than the relay can pass on.
  *
  * The user end of every layer's pipe is one end of a bufferevent pair, and
  * a pair may report EOF before all of its data has moved: a flush with
@@ -34,6 +39,15 @@ struct side {
     unsigned eof_seen : 1;      /* the pipe reported EOF */
     unsigned ended : 1;         /* ... and everything it sent has moved */
     unsigned shut : 1;          /* we asked for shutdown_write */
+    /* Bytes read from this side may wait towards the other side up to
+     * win (see backlog()); win follows the rate they move at. */
+    size_t win;
+    uint64_t period_bytes;      /* read since period_t0 */
+    int64_t period_t0;
+    /* This side's layer end of the pair (its input holds what we wrote
+     * and the layer has not sent yet), and our callback on that input. */
+    struct evbuffer *pin;
+    struct evbuffer_cb_entry *pin_cb;
 };
 
 struct relay {
@@ -48,14 +62,15 @@ struct relay {
     struct relay_stats st;
 };
 
-/* Graceful closes in progress.  A layer with half-close (tcp) gets a
- * lingering close: shutdown_write, which sends everything then FIN, and
- * the pipe is kept, its input discarded, until the peer ends too (so it
- * has read everything) or RELAY_CLOSE_MS pass.  Freeing the pipe once its
- * output buffer is empty would be too early: the layer may still hold
- * bytes the socket has not taken.  A layer without half-close (a picomux
- * stream) keeps sending its data after the pipe is freed, so sl_pipe_close
- * is enough there. */
+/* Graceful closes in progress.  A layer with half-close (tcp) whose peer
+ * may still send gets a lingering close: shutdown_write, which sends
+ * everything then FIN, and the pipe is kept, its input read and dropped,
+ * until the peer ends too or the bound passes.  Freeing it at once would
+ * close the socket with input unread or still arriving, and the kernel
+ * answers that with a reset, which throws away what the peer has not
+ * read yet of our last bytes.  Otherwise (the peer has ended, or a layer
+ * without half-close such as a picomux stream) sl_pipe_close is enough:
+ * the layer sends what it accepted after the pipe is freed. */
 struct lingering {
     struct sl_pipe *p;
     struct event *timer;
@@ -119,6 +134,7 @@ linger_timer_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static int pipe_half_close(struct sl_pipe *p);
+static void pin_detach(struct side *sd);
 
 static void linger_start(struct sl_pipe *p, int peer_ended, int64_t ms);
 
@@ -128,8 +144,7 @@ relay_close_pipe(struct sl_pipe *p, int peer_ended)
     linger_start(p, peer_ended, RELAY_CLOSE_MS);
 }
 
-/* ms bounds the wait for the peer's end (RELAY_CLOSE_MS once the peer's
- * EOF was seen: none will come again). */
+/* ms bounds the wait for the peer's end (RELAY_CLOSE_MS at least). */
 static void
 linger_start(struct sl_pipe *p, int peer_ended, int64_t ms)
 {
@@ -141,7 +156,9 @@ linger_start(struct sl_pipe *p, int peer_ended, int64_t ms)
         return;
     closing_count++;
     bev = sl_pipe_get0_bev(p);
-    if (!pipe_half_close(p) ||
+    /* Once the peer has ended, nothing more comes in: the layer sends
+     * what it accepted, then FIN (tcp does so after the pipe is freed). */
+    if (peer_ended || !pipe_half_close(p) ||
         (l = calloc(1, sizeof(*l))) == NULL ||
         (l->timer = evtimer_new(bufferevent_get_base(bev), linger_timer_cb,
                                 l)) == NULL) {
@@ -158,7 +175,7 @@ linger_start(struct sl_pipe *p, int peer_ended, int64_t ms)
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     if (!sl_pipe_write_shut(p))
         sl_pipe_shutdown_write(p);
-    if (peer_ended || ms < RELAY_CLOSE_MS)
+    if (ms < RELAY_CLOSE_MS)
         ms = RELAY_CLOSE_MS;
     tv.tv_sec = (time_t)(ms / 1000);
     tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
@@ -204,6 +221,8 @@ finish(struct relay *r, int failed, const char *why)
     char why_copy[300];
 
     snprintf(why_copy, sizeof(why_copy), "%s", why);
+    for (int i = 0; i < 2; i++)
+        pin_detach(&r->s[i]);
     for (int i = 0; i < 2; i++) {
         if (failed == i || failed == 2)
             sl_pipe_free(r->s[i].p);
@@ -229,8 +248,111 @@ fail(struct side *sd, const char *what)
     finish(r, sd->idx, why);
 }
 
+/* Bytes written towards side `to` that have not left yet: its output,
+ * and what the layer took from there and still holds (the input of the
+ * layer's end of the pair: a picomux stream's data not yet framed, what
+ * a tcp socket has not accepted yet). */
+static size_t
+backlog(const struct side *to)
+{
+    struct bufferevent *partner = bufferevent_pair_get_partner(to->bev);
+    size_t n = evbuffer_get_length(bufferevent_get_output(to->bev));
+
+    if (partner != NULL)
+        n += evbuffer_get_length(bufferevent_get_input(partner));
+    return n;
+}
+
+/* Sets the window of the bytes read from sd. */
+static void
+set_win(struct side *sd, size_t win)
+{
+    struct side *to = &sd->r->s[!sd->idx];
+
+    sd->win = win;
+    /* The layer below sd hands over no more than this at a time (tcp
+     * reads no more from its socket than fits), ... */
+    bufferevent_setwatermark(sd->bev, EV_READ, 0, win);
+    /* ... and to's write callback runs once its output is down to half. */
+    bufferevent_setwatermark(to->bev, EV_WRITE, win / 2, 0);
+}
+
+/* Sizes sd's window to about RELAY_PERIOD_MS of the bytes it moves: a
+ * tunnel that carries bulk data at speed gets up to RELAY_HIGH, so the
+ * next bytes are there when the far end takes them; one of many that
+ * share a slow session keeps RELAY_MIN, and the rest waits in the
+ * kernel's socket buffers.  The window at most quadruples or halves per
+ * period. */
+static void
+rate_update(struct side *sd, size_t n, int64_t now)
+{
+    int64_t dt;
+    uint64_t want;
+    size_t w;
+
+    sd->period_bytes += n;
+    dt = now - sd->period_t0;
+    if (dt < RELAY_PERIOD_MS)
+        return;
+    want = sd->period_bytes * RELAY_PERIOD_MS / (uint64_t)dt;
+    for (w = RELAY_MIN; w < want && w < RELAY_HIGH; w *= 2)
+        ;
+    if (w > sd->win * 4)
+        w = sd->win * 4;
+    if (w < sd->win / 2)
+        w = sd->win / 2;
+    if (w < RELAY_MIN)
+        w = RELAY_MIN;
+    if (w > RELAY_HIGH)
+        w = RELAY_HIGH;
+    if (w != sd->win)
+        set_win(sd, w);
+    sd->period_bytes = 0;
+    sd->period_t0 = now;
+}
+
+static void
+resume(struct side *from)
+{
+    from->paused = 0;
+    bufferevent_enable(from->bev, EV_READ);
+}
+
+/* The layer of side `to` took bytes out of its end of the pair: read the
+ * other side again if to's backlog is down to half its window.  Runs
+ * inside the layer's code: it only turns reading on (the pair moves what
+ * waits; the read callback comes later, deferred). */
+static void
+pin_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct side *to = arg;
+    struct side *from = &to->r->s[!to->idx];
+
+    (void)buf;
+    if (info->n_deleted == 0 || !from->paused || from->ended)
+        return;
+    if (backlog(to) <= from->win / 2)
+        resume(from);
+}
+
+/* Removes our callback from the layer's end of sd's pair, if that still
+ * exists (a layer may free it before its pipe is freed). */
+static void
+pin_detach(struct side *sd)
+{
+    struct bufferevent *partner;
+
+    if (sd->pin_cb == NULL)
+        return;
+    partner = bufferevent_pair_get_partner(sd->bev);
+    if (partner != NULL && bufferevent_get_input(partner) == sd->pin)
+        evbuffer_remove_cb_entry(sd->pin, sd->pin_cb);
+    sd->pin_cb = NULL;
+    sd->pin = NULL;
+}
+
 /* Moves what sd has read to the other side; pauses sd if that side's
- * backlog is at RELAY_HIGH. */
+ * backlog is at sd's window. */
 static void
 pump(struct side *sd)
 {
@@ -253,7 +375,8 @@ pump(struct side *sd)
     else
         r->st.b_to_a += n;
     r->last_ms = sl_now_ms();
-    if (!sd->paused && evbuffer_get_length(out) >= RELAY_HIGH) {
+    rate_update(sd, n, r->last_ms);
+    if (!sd->paused && backlog(to) >= sd->win) {
         sd->paused = 1;
         bufferevent_disable(sd->bev, EV_READ);
     }
@@ -301,7 +424,8 @@ readcb(struct bufferevent *bev, void *arg)
     check_ended(sd);
 }
 
-/* sd's backlog is down to RELAY_LOW: read the other side again. */
+/* sd's output is down to half the other side's window: read that side
+ * again, unless the layer still holds too much (then pin_cb will). */
 static void
 writecb(struct bufferevent *bev, void *arg)
 {
@@ -310,10 +434,8 @@ writecb(struct bufferevent *bev, void *arg)
 
     (void)bev;
     sd->r->last_ms = sl_now_ms();
-    if (from->paused && !from->ended) {
-        from->paused = 0;
-        bufferevent_enable(from->bev, EV_READ);
-    }
+    if (from->paused && !from->ended && backlog(sd) <= from->win / 2)
+        resume(from);
 }
 
 static void
@@ -419,11 +541,25 @@ relay_new(struct event_base *base, struct sl_pipe *a, struct sl_pipe *b,
         sd->p = p[i];
         sd->bev = sl_pipe_get0_bev(p[i]);
         sd->half_close = pipe_half_close(p[i]) != 0;
+        sd->period_t0 = r->last_ms;
+    }
+    for (int i = 0; i < 2; i++) {
+        struct side *sd = &r->s[i];
+        struct bufferevent *partner = bufferevent_pair_get_partner(sd->bev);
+
+        set_win(sd, RELAY_MIN);
+        if (partner != NULL) {
+            sd->pin = bufferevent_get_input(partner);
+            sd->pin_cb = evbuffer_add_cb(sd->pin, pin_cb, sd);
+            if (sd->pin_cb == NULL) {
+                pin_detach(&r->s[0]);
+                goto fail;
+            }
+        }
     }
     for (int i = 0; i < 2; i++) {
         struct side *sd = &r->s[i];
 
-        bufferevent_setwatermark(sd->bev, EV_WRITE, RELAY_LOW, 0);
         sl_pipe_setcb(sd->p, readcb, writecb, eventcb, sd);
         bufferevent_enable(sd->bev, EV_READ | EV_WRITE);
     }
@@ -445,6 +581,8 @@ relay_free(struct relay *r)
 {
     if (r == NULL)
         return;
+    for (int i = 0; i < 2; i++)
+        pin_detach(&r->s[i]);
     for (int i = 0; i < 2; i++)
         sl_pipe_free(r->s[i].p);
     if (r->idle_ev != NULL)

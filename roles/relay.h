@@ -4,8 +4,16 @@
  * A relay joins two sl_pipes (a user's connection and a tunnel stream, a
  * tunnel stream and a destination): whatever one side reads is written to
  * the other.  Memory is bounded: while the bytes waiting to leave one side
- * reach RELAY_HIGH, the relay stops reading the other side, and resumes
- * once they are down to RELAY_LOW.
+ * (in the pipe's output, and those the pipe's layer took but has not sent
+ * yet) reach the other side's window, the relay stops reading the other
+ * side, and resumes once they are down to half of it.  Each direction's
+ * window starts at RELAY_MIN and follows the rate the direction moves at,
+ * about RELAY_PERIOD_MS worth of it, up to RELAY_HIGH: a tunnel that
+ * carries bulk data gets room to keep its far end busy, while each of
+ * many tunnels that share a slow link holds little, their backlog
+ * waiting in the kernel's socket buffers.  The window also bounds what
+ * the layer below the read side hands over at a time (the read high
+ * watermark of its pipe).
  *
  * End of stream.  When side X ends its send direction (EOF), every byte it
  * sent is delivered to Y, then Y's write side is shut down.  When both
@@ -27,10 +35,12 @@
 
 struct sl_pipe;
 
-/* Bytes waiting towards one side at which the other side stops being read,
- * and at which it is read again. */
+/* The smallest and largest window of a direction (bytes waiting towards
+ * one side at which the other side stops being read), and the period
+ * over which its rate is measured. */
+#define RELAY_MIN (8 * 1024)
 #define RELAY_HIGH (256 * 1024)
-#define RELAY_LOW (64 * 1024)
+#define RELAY_PERIOD_MS 10
 /* How long a graceful close may take to flush before the pipe is freed:
  * relay_close_pipe, and a relay's pipe whose peer already ended.  A
  * relay's other pipes wait for their peer's end as long as the relay's
@@ -67,16 +77,17 @@ void relay_free(struct relay *r);
 /* The bytes moved so far. */
 void relay_get_stats(const struct relay *r, struct relay_stats *st);
 
-/* Consumes p: closes it gracefully.  A layer with half-close (tcp) gets a
+/* Consumes p: closes it gracefully.  A layer with half-close (tcp) whose
+ * peer may still send (peer_ended is 0: its EOF was not seen) gets a
  * lingering close: everything written is sent, then FIN, and the pipe is
- * kept (its input discarded) until the peer ends its side too, so it has
- * read everything, or RELAY_CLOSE_MS pass (peer_ended says the peer's
- * EOF was already seen, so only the time bound ends the close).  Freeing
- * the pipe as soon as its output
- * buffer is empty could lose what the layer has not yet handed to the
- * socket.  Other layers get sl_pipe_close().  Relays close their pipes
- * this way (see RELAY_CLOSE_MS for their bound); programs use it for
- * their own replies (an error answer). */
+ * kept (its input read and dropped) until the peer ends its side too, or
+ * RELAY_CLOSE_MS pass.  A socket closed while input is unread or still
+ * arriving answers with a reset, which would throw away what the peer
+ * has not read yet of our last bytes.  Otherwise the pipe gets
+ * sl_pipe_close(): the layer sends what it accepted, then FIN, after the
+ * pipe is freed.  Relays close their pipes this way (see RELAY_CLOSE_MS
+ * for their bound); programs use it for their own replies (an error
+ * answer). */
 void relay_close_pipe(struct sl_pipe *p, int peer_ended);
 
 /* Number of pipes in a graceful close started by relay_close_pipe (or a

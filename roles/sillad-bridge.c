@@ -83,25 +83,6 @@ struct app {
     struct sl_signals *sig;
 };
 
-#define LIST_ADD(head, x)                                                    \
-    do {                                                                     \
-        (x)->prev = NULL;                                                    \
-        (x)->next = (head);                                                  \
-        if ((head) != NULL)                                                  \
-            (head)->prev = (x);                                              \
-        (head) = (x);                                                        \
-    } while (0)
-#define LIST_DEL(head, x)                                                    \
-    do {                                                                     \
-        if ((x)->prev != NULL)                                               \
-            (x)->prev->next = (x)->next;                                     \
-        else                                                                 \
-            (head) = (x)->next;                                              \
-        if ((x)->next != NULL)                                               \
-            (x)->next->prev = (x)->prev;                                     \
-        (x)->prev = (x)->next = NULL;                                        \
-    } while (0)
-
 static void
 usage(FILE *f)
 {

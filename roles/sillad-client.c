@@ -36,6 +36,7 @@
 #include <event2/event.h>
 #include <jansson.h>
 
+#include "exit-conf.h"
 #include "inbound-http.h"
 #include "inbound-socks5.h"
 #include "relay.h"
@@ -1175,24 +1176,20 @@ listen_on(struct client *c, const char *addr, sl_conn_fn *cb,
 static int
 write_addr_file(struct client *c, struct sl_error *e)
 {
-    char tmp[4096], addr[128];
-    FILE *f;
+    char text[300], addr[128];
+    size_t n = 0;
 
     if (c->addr_file == NULL)
         return 0;
-    snprintf(tmp, sizeof(tmp), "%s.tmp", c->addr_file);
-    f = fopen(tmp, "w");
-    if (f == NULL)
-        return sl_error_sys(e, errno, "", "%s: cannot write", tmp);
+    text[0] = '\0';
     if (c->s5_l != NULL &&
         sl_listener_local_addr(c->s5_l, addr, sizeof(addr)) == 0)
-        fprintf(f, "socks5 %s\n", addr);
+        n += (size_t)snprintf(text + n, sizeof(text) - n, "socks5 %s\n",
+                              addr);
     if (c->http_l != NULL &&
         sl_listener_local_addr(c->http_l, addr, sizeof(addr)) == 0)
-        fprintf(f, "http %s\n", addr);
-    if (fclose(f) != 0 || rename(tmp, c->addr_file) != 0)
-        return sl_error_sys(e, errno, "", "%s: cannot write", c->addr_file);
-    return 0;
+        snprintf(text + n, sizeof(text) - n, "http %s\n", addr);
+    return xc_write_file(c->addr_file, text, e);
 }
 
 static void

@@ -31,6 +31,11 @@
 #define MAX_ATTEMPTS 8
 #define STAGGER_MS 250
 #define IO_CHUNK (128 * 1024)
+#define MIN_CHUNK 4096
+/* libevent sizes a buffer chain to a power of two that also holds the
+ * chain's header: a read of 2^k - CHAIN_SLACK bytes fills a chain of 2^k
+ * instead of half of one twice as large. */
+#define CHAIN_SLACK 256
 
 struct tcp_cfg {
     const struct sl_host *h;
@@ -53,6 +58,7 @@ struct tcp_pipe {
     struct event *rev, *wev;
     struct event *linger_ev;     /* after the pipe is gone (see linger) */
     size_t read_buffer, rchunk, wchunk;
+    size_t rsize;                /* next read's size, MIN_CHUNK..rchunk */
     int busy;                    /* inside a handler that may free us */
     unsigned dead : 1;
     unsigned lingering : 1;      /* pipe freed, accepted bytes still going */
@@ -199,9 +205,18 @@ format_addr(const struct sockaddr *sa, char *buf, size_t len)
  *   socket -> read -> mine.output -> (pair) -> user input
  *   user output -> (pair) -> mine.input -> writev -> socket
  *
- * Bounds: reading stops while mine.output holds read_buffer bytes (the
- * user is not reading); the pair stops moving the user's output while
- * mine.input holds write_buffer bytes (the socket is slow).
+ * Bounds: the user's input holds at most its read high watermark
+ * (read_buffer unless the user sets another), and mine.output at most one
+ * read: the socket is read only while mine.output is empty (the pair has
+ * moved everything to the user), and each read is no larger than the room
+ * left under the user's watermark (MIN_CHUNK at least; a user who has
+ * reading turned off gets one read of less than MIN_CHUNK), so a user who
+ * stops reading leaves the rest in the kernel's socket buffer.  Reads are
+ * sized to what arrives: rsize doubles after a read that filled it, up to
+ * the largest read (rchunk), and halves after one that used less than a
+ * quarter, so a connection that trickles does not pin large chains.  The
+ * pair stops moving the user's output while mine.input holds read_buffer
+ * bytes (the socket is slow).
  */
 
 static int
@@ -327,10 +342,49 @@ tp_maybe_read(struct tcp_pipe *tp)
 
     if (tp->failed || tp->read_eof)
         return;
-    if (queued < tp->read_buffer)
+    if (queued == 0)
         event_add(tp->rev, NULL);
     else
         event_del(tp->rev);
+}
+
+/* rsize less the chain's header, when rsize is a power of two worth it. */
+static size_t
+tp_rsize_bytes(const struct tcp_pipe *tp)
+{
+    return tp->rsize >= MIN_CHUNK ? tp->rsize - CHAIN_SLACK : tp->rsize;
+}
+
+/* The size of the next read: rsize, within the room left under the
+ * user's read high watermark. */
+static size_t
+tp_read_size(struct tcp_pipe *tp)
+{
+    struct bufferevent *user = bufferevent_pair_get_partner(tp->mine);
+    size_t full = tp_rsize_bytes(tp), want = full, high = 0, have;
+
+    if (user == NULL)
+        return want;
+    /* A user that is not reading gets one small read, which the pair
+     * hands over (and so wakes us) once it reads again. */
+    if (!(bufferevent_get_enabled(user) & EV_READ))
+        return full < MIN_CHUNK - CHAIN_SLACK ? full : MIN_CHUNK - CHAIN_SLACK;
+    bufferevent_getwatermark(user, EV_READ, NULL, &high);
+    if (high == 0)
+        return want;
+    have = evbuffer_get_length(bufferevent_get_input(user));
+    if (have + want <= high)
+        return want;
+    want = high > have + MIN_CHUNK ? high - have : MIN_CHUNK;
+    if (want >= MIN_CHUNK && full >= MIN_CHUNK) {
+        /* Down to a chain size too. */
+        size_t p = MIN_CHUNK;
+
+        while (p * 2 <= want + CHAIN_SLACK)
+            p *= 2;
+        want = p - CHAIN_SLACK;
+    }
+    return want < full ? want : full;
 }
 
 static void
@@ -339,20 +393,21 @@ on_readable(evutil_socket_t fd, short what, void *arg)
     struct tcp_pipe *tp = arg;
     struct evbuffer *out = bufferevent_get_output(tp->mine);
     struct evbuffer_iovec v[2];
+    size_t size = tp_read_size(tp);
     int nv;
     ssize_t n;
 
     (void)what;
-    nv = evbuffer_reserve_space(out, (ev_ssize_t)tp->rchunk, v, 2);
+    nv = evbuffer_reserve_space(out, (ev_ssize_t)size, v, 2);
     if (nv < 1)
         return;
-    /* The reservation may be larger than asked; read no more than rchunk
+    /* The reservation may be larger than asked; read no more than size
      * so that the read bound (and the SL_DBG_RMAX hook) hold. */
-    if (v[0].iov_len >= tp->rchunk) {
-        v[0].iov_len = tp->rchunk;
+    if (v[0].iov_len >= size) {
+        v[0].iov_len = size;
         nv = 1;
-    } else if (nv == 2 && v[0].iov_len + v[1].iov_len > tp->rchunk) {
-        v[1].iov_len = tp->rchunk - v[0].iov_len;
+    } else if (nv == 2 && v[0].iov_len + v[1].iov_len > size) {
+        v[1].iov_len = size - v[0].iov_len;
     }
     n = readv(fd, (struct iovec *)v, nv);
     if (n < 0) {
@@ -376,6 +431,11 @@ on_readable(evutil_socket_t fd, short what, void *arg)
     } else {
         v[1].iov_len = (size_t)n - v[0].iov_len;
     }
+    if ((size_t)n == size && size == tp_rsize_bytes(tp) &&
+        tp->rsize < tp->rchunk)
+        tp->rsize = tp->rsize * 2 < tp->rchunk ? tp->rsize * 2 : tp->rchunk;
+    else if ((size_t)n < tp->rsize / 4 && tp->rsize > MIN_CHUNK)
+        tp->rsize = tp->rsize / 2 > MIN_CHUNK ? tp->rsize / 2 : MIN_CHUNK;
     tp->busy++;
     /* The pair hands this to the user now; its callbacks may run, and may
      * free the pipe (then tp->dead is set and we free at the end). */
@@ -543,6 +603,7 @@ make_pipe(struct tcp_cfg *c, struct event_base *base, evutil_socket_t fd,
     tp->rchunk = c->dbg_rmax ? c->dbg_rmax
                  : c->read_buffer < IO_CHUNK ? c->read_buffer : IO_CHUNK;
     tp->wchunk = c->dbg_wmax ? c->dbg_wmax : IO_CHUNK;
+    tp->rsize = tp->rchunk < 16384 ? tp->rchunk : 16384;
     format_addr(peer, tp->remote, sizeof(tp->remote));
     set_sockopts(c, fd);
     evutil_make_socket_nonblocking(fd);
@@ -558,8 +619,8 @@ make_pipe(struct tcp_cfg *c, struct event_base *base, evutil_socket_t fd,
     bufferevent_setcb(tp->mine, mine_readcb, mine_writecb, NULL, tp);
     /* Bound what the user may queue towards a slow socket ... */
     bufferevent_setwatermark(tp->mine, EV_READ, 0, c->read_buffer);
-    /* ... and resume reading once half of the user's backlog is gone. */
-    bufferevent_setwatermark(tp->mine, EV_WRITE, c->read_buffer / 2, 0);
+    /* ... and read again once the pair has moved all we read. */
+    bufferevent_setwatermark(tp->mine, EV_WRITE, 0, 0);
     bufferevent_enable(tp->mine, EV_READ | EV_WRITE);
     event_add(tp->rev, NULL);
     /* The user's input is bounded too (the user may raise it): the pair

@@ -501,6 +501,26 @@ y_has_all(void *arg)
     return f->y.received >= f->x.to_send || f->y.error || f->y.eof;
 }
 
+/* Bytes the tunnel holds in user space between x and y: a's input and
+ * b's output, and the layers' ends of their pairs (what a's layer read
+ * and has not handed over, what b's layer took and has not sent). */
+static size_t
+tunnel_held(struct fixture *f)
+{
+    struct bufferevent *a = sl_pipe_get0_bev(f->a);
+    struct bufferevent *b = sl_pipe_get0_bev(f->b);
+    struct bufferevent *pa = bufferevent_pair_get_partner(a);
+    struct bufferevent *pb = bufferevent_pair_get_partner(b);
+    size_t n = evbuffer_get_length(bufferevent_get_input(a)) +
+               evbuffer_get_length(bufferevent_get_output(b));
+
+    if (pa != NULL)
+        n += evbuffer_get_length(bufferevent_get_output(pa));
+    if (pb != NULL)
+        n += evbuffer_get_length(bufferevent_get_input(pb));
+    return n;
+}
+
 /* A reader that stops: the relay stops reading its other side, so what
  * sits in the relay's buffers stays bounded; then everything arrives. */
 static void
@@ -522,6 +542,14 @@ backpressure(enum mode m)
      * read's worth. */
     queued = evbuffer_get_length(bufferevent_get_output(sl_pipe_get0_bev(f.b)));
     CU_ASSERT(queued <= RELAY_HIGH + 1024 * 1024);
+    /* And so is all the tunnel holds in user space, the layers' ends of
+     * the pairs included: the rest waits in the kernel (a window towards
+     * b, a window in a's input just moved, one staged read). */
+    queued = tunnel_held(&f);
+    CU_ASSERT(queued <= 2 * RELAY_HIGH + 64 * 1024);
+    if (queued > 2 * RELAY_HIGH + 64 * 1024)
+        fprintf(stderr, "\n  %s: the tunnel holds %zu bytes while stalled\n",
+                mode_name[m], queued);
     /* And the writer is held back: far from all 64 MiB left it. */
     CU_ASSERT(pr.last < 16u << 20);
     if (pr.last >= 16u << 20)
@@ -541,6 +569,99 @@ backpressure(enum mode m)
 static void test_backpressure_sock(void) { backpressure(M_SOCK); }
 static void test_backpressure_tcp(void) { backpressure(M_TCP); }
 static void test_backpressure_picomux(void) { backpressure(M_PICOMUX); }
+
+/* ---- a slow reader ---- */
+
+#define SLOW_TICK_MS 10
+#define SLOW_BYTES 4096      /* per tick: 400 KB/s */
+
+struct slowr {
+    struct fixture *f;
+    int64_t measure_from;
+    size_t max_held;
+    uint64_t ticks;
+};
+
+/* y takes at most SLOW_BYTES per tick; after the warm-up, the most the
+ * tunnel held is noted. */
+static void
+slowr_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct slowr *sw = arg;
+    struct end *y = &sw->f->y;
+    struct evbuffer *in = bufferevent_get_input(sl_pipe_get0_bev(y->p));
+    unsigned char buf[SLOW_BYTES];
+    int n;
+
+    (void)fd;
+    (void)what;
+    n = evbuffer_remove(in, buf, sizeof(buf));
+    for (int i = 0; i < n; i++)
+        if (buf[i] != pattern(y->recv_seed, y->received + (uint64_t)i))
+            y->bad_data = true;
+    if (n > 0)
+        y->received += (uint64_t)n;
+    sw->ticks++;
+    if (sl_now_ms() >= sw->measure_from) {
+        size_t held = tunnel_held(sw->f);
+
+        if (held > sw->max_held)
+            sw->max_held = held;
+    }
+}
+
+static void
+small_socket_buffer(struct sl_pipe *p, int opt)
+{
+    int fd, size = 4096;
+    size_t len = sizeof(fd);
+
+    CU_ASSERT_FATAL(sl_pipe_query(p, SL_Q_FD, &fd, &len) == 0);
+    CU_ASSERT(setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size)) == 0);
+}
+
+/* A tunnel whose reader is slow holds little: its window falls to
+ * RELAY_MIN once the kernel's buffers are full, although its writer
+ * could go much faster. */
+static void
+test_slow_reader_small_window(void)
+{
+    struct fixture f;
+    struct slowr sw;
+    struct event *ev;
+    struct timeval tv = { 0, SLOW_TICK_MS * 1000 };
+    struct bufferevent *ybev;
+
+    fixture_start(&f, M_TCP, 0);
+    small_socket_buffer(f.b, SO_SNDBUF);
+    small_socket_buffer(f.y.p, SO_RCVBUF);
+    ybev = sl_pipe_get0_bev(f.y.p);
+    /* y's reads come from the timer alone; its input stays small. */
+    f.y.stall = true;
+    bufferevent_setwatermark(ybev, EV_READ, 0, SLOW_BYTES);
+    memset(&sw, 0, sizeof(sw));
+    sw.f = &f;
+    sw.measure_from = sl_now_ms() + 1500;
+    ev = event_new(base, -1, EV_PERSIST, slowr_tick, &sw);
+    CU_ASSERT_FATAL(ev != NULL);
+    event_add(ev, &tv);
+    end_send(&f.x, 64u << 20, false);
+    run_for(2500);
+    event_free(ev);
+    CU_ASSERT(sw.ticks > 0);
+    CU_ASSERT(f.y.received > 0);
+    CU_ASSERT(!f.y.bad_data);
+    /* A window towards b, one just moved from a's input, a staged read. */
+    CU_ASSERT(sw.max_held <= 2 * RELAY_MIN + 16 * 1024);
+    if (sw.max_held > 2 * RELAY_MIN + 16 * 1024)
+        fprintf(stderr, "\n  slow reader: the tunnel held up to %zu bytes\n",
+                sw.max_held);
+    /* Far from all 64 MiB left the writer. */
+    CU_ASSERT(f.x.sent - evbuffer_get_length(bufferevent_get_output(
+                             sl_pipe_get0_bev(f.x.p))) < 16u << 20);
+    CU_ASSERT_EQUAL(f.done_calls, 0);
+    fixture_end(&f);
+}
 
 static bool
 y_eof(void *arg)
@@ -620,6 +741,31 @@ test_no_half_close_picomux_reverse(void)
     CU_ASSERT(!f.x.bad_data);
     CU_ASSERT_STRING_EQUAL(f.why, "done");
     CU_ASSERT_EQUAL(f.done_calls, 1);
+    fixture_end(&f);
+}
+
+/* The stream ends while X is still sending: the relay is done and closes
+ * a, yet X gets every byte and a clean EOF.  A socket closed with unread
+ * input answers with a reset, which would throw away what X had not read
+ * yet: the close keeps reading (and dropping) until X ends too. */
+static void
+test_close_while_peer_sends(void)
+{
+    struct fixture f;
+
+    fixture_start(&f, M_PICOMUX, 0);
+    end_send(&f.x, 1u << 30, false);
+    end_send(&f.y, 4u << 20, true);
+    CU_ASSERT(run_until(fixture_done, &f, WAIT_MS));
+    CU_ASSERT(run_until(x_eof, &f, WAIT_MS));
+    CU_ASSERT(!f.x.error);
+    CU_ASSERT_EQUAL(f.x.received, 4u << 20);
+    CU_ASSERT(!f.x.bad_data);
+    CU_ASSERT_EQUAL(f.done_calls, 1);
+    /* X stops sending and ends: the lingering close ends with it. */
+    f.x.to_send = f.x.sent;
+    sl_pipe_shutdown_write(f.x.p);
+    CU_ASSERT(run_until(fixture_closed, NULL, WAIT_MS));
     fixture_end(&f);
 }
 
@@ -866,7 +1012,6 @@ test_waiting_input(void)
 
 #define SLOW_TOTAL (128 * 1024)
 #define SLOW_STEP 4096
-#define SLOW_TICK_MS 10
 #define SLOW_CLOSE_MS 40
 
 struct slow {
@@ -960,12 +1105,16 @@ main(void)
         { "stalled reader bounds memory (tcp)", test_backpressure_tcp },
         { "stalled reader bounds memory (picomux stream)",
           test_backpressure_picomux },
+        { "a slow reader keeps the tunnel's window small",
+          test_slow_reader_small_window },
         { "half-close carried through (socketpairs)", test_half_close_sock },
         { "half-close carried through (tcp)", test_half_close_tcp },
         { "no half-close: end of tcp side ends the stream",
           test_no_half_close_picomux },
         { "no half-close: end of the stream ends the tcp side",
           test_no_half_close_picomux_reverse },
+        { "closing while the peer still sends: no reset, every byte",
+          test_close_while_peer_sends },
         { "a finished relay still delivers every byte",
           test_close_delivers_everything },
         { "relay_closing_abort frees lingering closes", test_closing_abort },
