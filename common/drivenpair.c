@@ -1,0 +1,73 @@
+/* drivenpair.c: the bufferevent pair a wrap layer drives (drivenpair.h). */
+#include "config.h"
+
+#include <event2/bufferevent.h>
+
+#include "drivenpair.h"
+
+int
+dp_init(struct dp *d, struct event_base *base, dp_free_fn *free_fn,
+        void *owner)
+{
+    struct bufferevent *pair[2] = { NULL, NULL };
+
+    d->free_fn = free_fn;
+    d->owner = owner;
+    d->mine = NULL;
+    d->user = NULL;
+    if (bufferevent_pair_new(base, 0, pair) != 0)
+        return -1;
+    d->mine = pair[0];
+    d->user = pair[1];
+    return 0;
+}
+
+void
+dp_fini(struct dp *d)
+{
+    if (d->mine != NULL)
+        bufferevent_free(d->mine);
+    d->mine = NULL;
+}
+
+bool
+dp_leave(struct dp *d)
+{
+    if (--d->busy == 0 && d->dead) {
+        d->free_fn(d->owner);
+        return true;
+    }
+    return false;
+}
+
+void
+dp_destroy(struct dp *d, struct bufferevent *lbev)
+{
+    if (!d->dead) {
+        bufferevent_setcb(lbev, NULL, NULL, NULL, NULL);
+        bufferevent_setcb(d->mine, NULL, NULL, NULL, NULL);
+    }
+    d->dead = 1;
+    if (d->busy == 0)
+        d->free_fn(d->owner);
+}
+
+void
+dp_eof(struct dp *d)
+{
+    if (d->eof_done)
+        return;
+    d->eof_done = 1;
+    /* The pair moves mine.output on and then reports EOF to the user,
+     * exactly as tcp hands up its socket's EOF. */
+    bufferevent_flush(d->mine, EV_WRITE, BEV_FINISHED);
+}
+
+void
+dp_error(struct dp *d, short what)
+{
+    if (d->err_done)
+        return;
+    d->err_done = 1;
+    bufferevent_trigger_event(d->user, what, 0);
+}

@@ -1,0 +1,80 @@
+/*
+ * drivenpair.h: the bufferevent pair a wrap layer drives (hex, tls,
+ * sosistab3, e2e).
+ *
+ * The pipe a wrap layer hands up is one end of a bufferevent pair, the
+ * "user" end; the layer drives the other end, "mine":
+ *
+ *   lower input  -> open  -> mine.output -> (pair) -> user input
+ *   user output  -> (pair) -> mine.input -> seal  -> lower output
+ *
+ * This is what every such layer needs around its own codec:
+ *
+ *   - the pair itself (dp_init, dp_fini);
+ *   - EOF and error reports to the user, each at most once (dp_eof,
+ *     dp_error).  The core holds the pipe's events until its owner has set
+ *     callbacks (sl_pipe_hold, which pipe_new arranges), so a report made
+ *     before the hand-over is kept for the owner, never dropped;
+ *   - a re-entrancy guard.  Pairs defer their callbacks, so the user never
+ *     runs inside the layer, but the layer below may call back at once (an
+ *     error from inside a write).  Entry points bracket themselves with
+ *     dp_enter and dp_leave; the pipe's destroy (dp_destroy) under an
+ *     entry point only marks the pair dead, and the last dp_leave frees
+ *     the layer's state through the free function given to dp_init.
+ *
+ * Nothing here allocates besides the pair, keeps global state or calls
+ * back inside a call, except dp_leave and dp_destroy, which call the free
+ * function.
+ */
+#ifndef SL_DRIVENPAIR_H
+#define SL_DRIVENPAIR_H
+
+#include <stdbool.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+typedef void dp_free_fn(void *owner);
+
+struct dp {
+    struct bufferevent *mine;   /* the layer's end */
+    struct bufferevent *user;   /* its partner, the pipe's bufferevent */
+    dp_free_fn *free_fn;        /* frees the layer's state, owner */
+    void *owner;
+    int busy;                   /* entry points on the stack */
+    unsigned dead : 1;          /* destroyed while busy */
+    unsigned eof_done : 1;      /* the user got EOF */
+    unsigned err_done : 1;      /* the user got an error */
+};
+
+/* Makes the pair on base with no callbacks; free_fn(owner) frees the
+ * layer's state once it is destroyed and no entry point runs.  Returns 0,
+ * or -1 (out of memory) with d->mine NULL.  The user end becomes the
+ * pipe's bufferevent: pipe_new consumes it; dp_fini frees only mine. */
+int dp_init(struct dp *d, struct event_base *base, dp_free_fn *free_fn,
+            void *owner);
+/* Frees mine (if any).  For the layer's free function. */
+void dp_fini(struct dp *d);
+
+static inline void
+dp_enter(struct dp *d)
+{
+    d->busy++;
+}
+
+/* Ends an entry point; frees the owner if it was destroyed meanwhile.
+ * Returns true when the owner is gone. */
+bool dp_leave(struct dp *d);
+
+/* The pipe's destroy: detaches from lbev (the lower pipe's, which the
+ * core frees right after) and from mine, then frees the owner now, or at
+ * the last dp_leave. */
+void dp_destroy(struct dp *d, struct bufferevent *lbev);
+
+/* EOF to the user, after every byte already in mine.output (moved on
+ * regardless of watermarks); once. */
+void dp_eof(struct dp *d);
+/* The event what (BEV_EVENT_ERROR and a direction) to the user; once. */
+void dp_error(struct dp *d, short what);
+
+#endif
