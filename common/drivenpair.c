@@ -23,6 +23,23 @@ dp_init(struct dp *d, struct event_base *base, dp_free_fn *free_fn,
 }
 
 void
+dp_wire(struct dp *d, struct bufferevent *lbev, const struct dp_wiring *w,
+        void *arg)
+{
+    bufferevent_setcb(d->mine, w->mine_read, w->mine_write, NULL, arg);
+    bufferevent_setwatermark(d->mine, EV_READ, 0, w->take);
+    bufferevent_setwatermark(d->mine, EV_WRITE, w->read_buffer / 2, 0);
+    bufferevent_enable(d->mine, EV_READ | EV_WRITE);
+    bufferevent_setwatermark(d->user, EV_READ, 0, w->read_buffer);
+    bufferevent_setcb(lbev, w->lower_read, w->lower_write, w->lower_event,
+                      arg);
+    if (w->lower_high != 0)
+        bufferevent_setwatermark(lbev, EV_READ, 0, w->lower_high);
+    bufferevent_setwatermark(lbev, EV_WRITE, w->queue / 2, 0);
+    bufferevent_enable(lbev, EV_READ | EV_WRITE);
+}
+
+void
 dp_fini(struct dp *d)
 {
     if (d->mine != NULL)

@@ -53,6 +53,27 @@ struct dp {
  * pipe's bufferevent: pipe_new consumes it; dp_fini frees only mine. */
 int dp_init(struct dp *d, struct event_base *base, dp_free_fn *free_fn,
             void *owner);
+/* How dp_wire connects the layer: its callbacks and its bounds. */
+struct dp_wiring {
+    bufferevent_data_cb mine_read;    /* the user wrote */
+    bufferevent_data_cb mine_write;   /* the user read */
+    bufferevent_data_cb lower_read, lower_write;
+    bufferevent_event_cb lower_event;
+    size_t take;          /* of the user's output taken at a time */
+    size_t read_buffer;   /* stop filling the user's input at this */
+    size_t lower_high;    /* the lower input's bound, or 0 for none */
+    size_t queue;         /* the layer's bound on the lower output */
+};
+
+/* Connects mine and lbev to the layer's callbacks (with arg), bounds and
+ * enables them: mine takes at most take of the user's output at a time and
+ * calls mine_write once the user has taken its input down to half of
+ * read_buffer; the user's input stops at read_buffer (the user may raise
+ * it); lbev reads up to lower_high (if not 0) and calls lower_write once
+ * its output is down to half of queue.  Never calls back inside. */
+void dp_wire(struct dp *d, struct bufferevent *lbev,
+             const struct dp_wiring *w, void *arg);
+
 /* Frees mine (if any).  For the layer's free function. */
 void dp_fini(struct dp *d);
 

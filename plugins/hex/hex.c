@@ -380,20 +380,16 @@ pipe_make(const struct hex_cfg *c, struct event_base *base,
     hp->read_buffer = c->read_buffer;
     hp->lower = lower;
     hp->lbev = h->pipe_get0_bev(lower);
-    bufferevent_setcb(hp->dp.mine, mine_readcb, mine_writecb, NULL, hp);
-    /* Take at most a queue's worth of the user's output at a time; decode
-     * more once the user has taken half of the backlog. */
-    bufferevent_setwatermark(hp->dp.mine, EV_READ, 0, TX_QUEUE);
-    bufferevent_setwatermark(hp->dp.mine, EV_WRITE, hp->read_buffer / 2, 0);
-    bufferevent_enable(hp->dp.mine, EV_READ | EV_WRITE);
-    bufferevent_setwatermark(hp->dp.user, EV_READ, 0, hp->read_buffer);
-    bufferevent_setcb(hp->lbev, lower_readcb, lower_writecb, lower_eventcb,
-                      hp);
-    /* Two digits per byte: never take more than read_buffer digits' worth
-     * of the lower's input ahead of the reader. */
-    bufferevent_setwatermark(hp->lbev, EV_READ, 0, 2 * hp->read_buffer);
-    bufferevent_setwatermark(hp->lbev, EV_WRITE, TX_QUEUE / 2, 0);
-    bufferevent_enable(hp->lbev, EV_READ | EV_WRITE);
+    /* Take at most a queue's worth of the user's output at a time.  Two
+     * digits per byte: never take more than read_buffer digits' worth of
+     * the lower's input ahead of the reader. */
+    dp_wire(&hp->dp, hp->lbev, &(const struct dp_wiring){
+                .mine_read = mine_readcb, .mine_write = mine_writecb,
+                .lower_read = lower_readcb, .lower_write = lower_writecb,
+                .lower_event = lower_eventcb, .take = TX_QUEUE,
+                .read_buffer = hp->read_buffer,
+                .lower_high = 2 * hp->read_buffer, .queue = TX_QUEUE },
+            hp);
     /* Consumes the user end, lower and hp (destroyed on failure). */
     p = h->pipe_new(LAYER, hp->dp.user, lower, &hex_pipe_ops, hp);
     if (p == NULL) {
