@@ -44,9 +44,9 @@
  * mine.output holds read_buffer bytes, sealing while the lower output
  * holds TX_QUEUE bytes; the pair moves at most TX_PULL bytes at a time.
  *
- * Re-entrancy follows sosistab3.c: entry points count themselves in busy,
- * destroy under busy only marks the pipe dead, the pumps guard against
- * their own recursion.
+ * Re-entrancy follows sosistab3.c (common/drivenpair.h): entry points
+ * count themselves in, destroy inside one only marks the pipe dead, the
+ * pumps guard against their own recursion.
  */
 #include "config.h"
 
@@ -60,6 +60,7 @@
 #include <event2/event.h>
 #include <sodium.h>
 
+#include "drivenpair.h"
 #include "e2e-key.h"
 #include "e2e-wire.h"
 #include "sillad/plugin.h"
@@ -79,8 +80,6 @@
 #define COMPACT_SMALL 4096        /* many chains of under this on average */
 #define SS_MAX 256                /* largest shared secret used */
 #define REASON_SHOWN 120          /* characters of a Reject reason shown */
-#define OWED_RETRY_MS 1
-#define OWED_RETRY_MAX_MS 1000
 
 /* ---- configuration ------------------------------------------------------- */
 
@@ -177,121 +176,27 @@ struct e2e_pipe {
     struct sl_pipe *pipe;         /* ours, for pipe_set_error */
     struct sl_pipe *lower;        /* owned by pipe */
     struct bufferevent *lbev;     /* the lower pipe's */
-    struct bufferevent *mine;     /* our end of the pair */
-    struct bufferevent *user;     /* its partner, the pipe's bufferevent */
-    struct event *owed_ev;
+    struct dp dp;                 /* the pair: mine, user; busy, dead */
     bool crypt;                   /* false: shared-secret mode, plain bytes */
     uint8_t tx_key[E2E_KEY_LEN], rx_key[E2E_KEY_LEN];
     uint64_t tx_ctr, rx_ctr;
     size_t read_buffer;
-    short owed;
-    int owed_ms;
-    int busy;
-    unsigned dead : 1;
     unsigned rx_busy : 1, rx_again : 1;
     unsigned tx_busy : 1, tx_again : 1;
     unsigned lower_eof : 1;
     unsigned rx_ended : 1;        /* a bad message ended the receive side */
-    unsigned eof_done : 1, err_done : 1;
     unsigned tx_failed : 1;
     unsigned shut_pending : 1, shut_done : 1;
 };
 
 static void
-ep_free(struct e2e_pipe *ep)
+ep_free(void *owner)
 {
-    if (ep->owed_ev != NULL)
-        event_free(ep->owed_ev);
-    if (ep->mine != NULL)
-        bufferevent_free(ep->mine);
+    struct e2e_pipe *ep = owner;
+
+    dp_fini(&ep->dp);
     sodium_memzero(ep, sizeof(*ep));
     free(ep);
-}
-
-static bool
-leave(struct e2e_pipe *ep)
-{
-    if (--ep->busy == 0 && ep->dead) {
-        ep_free(ep);
-        return true;
-    }
-    return false;
-}
-
-static bool
-user_listens(struct e2e_pipe *ep)
-{
-    bufferevent_event_cb cb = NULL;
-
-    bufferevent_getcb(ep->user, NULL, NULL, &cb, NULL);
-    return cb != NULL;
-}
-
-/* libevent drops events for a bufferevent without an event callback:
- * keep one found before the user set callbacks, and retry. */
-static void
-owe(struct e2e_pipe *ep, short what)
-{
-    struct timeval tv;
-
-    ep->owed |= what;
-    if (evtimer_pending(ep->owed_ev, NULL))
-        return;
-    ep->owed_ms = ep->owed_ms == 0 ? OWED_RETRY_MS : ep->owed_ms * 2;
-    if (ep->owed_ms > OWED_RETRY_MAX_MS)
-        ep->owed_ms = OWED_RETRY_MAX_MS;
-    tv.tv_sec = ep->owed_ms / 1000;
-    tv.tv_usec = (ep->owed_ms % 1000) * 1000;
-    evtimer_add(ep->owed_ev, &tv);
-}
-
-static void
-deliver_eof(struct e2e_pipe *ep)
-{
-    if (ep->eof_done)
-        return;
-    if (!user_listens(ep)) {
-        owe(ep, BEV_EVENT_EOF | BEV_EVENT_READING);
-        return;
-    }
-    ep->eof_done = 1;
-    /* Moves mine.output on regardless of watermarks, then EOF. */
-    bufferevent_flush(ep->mine, EV_WRITE, BEV_FINISHED);
-}
-
-static void
-deliver_error(struct e2e_pipe *ep, short what)
-{
-    if (ep->err_done)
-        return;
-    if (!user_listens(ep)) {
-        owe(ep, what);
-        return;
-    }
-    ep->err_done = 1;
-    bufferevent_trigger_event(ep->user, what, 0);
-}
-
-static void
-owed_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-    short owed = ep->owed;
-
-    (void)fd;
-    (void)what;
-    if (!user_listens(ep)) {
-        owe(ep, 0);
-        return;
-    }
-    ep->owed = 0;
-    ep->owed_ms = 0;
-    ep->busy++;
-    if (owed & BEV_EVENT_EOF)
-        deliver_eof(ep);
-    if (!ep->dead && (owed & BEV_EVENT_ERROR))
-        deliver_error(ep, owed & ~BEV_EVENT_EOF);
-    leave(ep);
 }
 
 /* A bad message from the peer: the receive direction ends (EOF to the
@@ -310,7 +215,7 @@ rx_end(struct e2e_pipe *ep, const char *why)
     bufferevent_disable(ep->lbev, EV_READ);
     evbuffer_drain(bufferevent_get_input(ep->lbev),
                    evbuffer_get_length(bufferevent_get_input(ep->lbev)));
-    deliver_eof(ep);
+    dp_eof(&ep->dp);
 }
 
 /* Lets the lower input grow to hold n bytes. */
@@ -338,7 +243,7 @@ enum rx_result { RX_BLOCKED, RX_INCOMPLETE, RX_STOP };
  * complete in src's first chain (pulled up first when the first message
  * is split), straight into one stretch of room reserved in dst, handed on
  * in one commit.  Returns the number of messages consumed (check
- * ep->dead after), 0 when the next one is not all here yet, or -1 after
+ * ep->dp.dead after), 0 when the next one is not all here yet, or -1 after
  * rx_end.  A bad message behind good ones is left for the next call,
  * which reports it.
  */
@@ -436,7 +341,7 @@ static enum rx_result
 rx_messages(struct e2e_pipe *ep)
 {
     struct evbuffer *src = bufferevent_get_input(ep->lbev);
-    struct evbuffer *dst = bufferevent_get_output(ep->mine);
+    struct evbuffer *dst = bufferevent_get_output(ep->dp.mine);
 
     for (;;) {
         size_t have = evbuffer_get_length(src);
@@ -458,12 +363,12 @@ rx_messages(struct e2e_pipe *ep)
                 n = have;
             if (evbuffer_remove_buffer(src, dst, n) < 0)
                 return RX_INCOMPLETE;
-            if (ep->dead)
+            if (ep->dp.dead)
                 return RX_STOP;
             continue;
         }
         r = rx_batch(ep, src, dst);
-        if (ep->dead || r < 0)
+        if (ep->dp.dead || r < 0)
             return RX_STOP;
         if (r == 0) {
             compact(src);
@@ -477,7 +382,7 @@ rx_pump(struct e2e_pipe *ep)
 {
     enum rx_result res;
 
-    if (ep->dead || ep->rx_ended)
+    if (ep->dp.dead || ep->rx_ended)
         return;
     if (ep->rx_busy) {
         ep->rx_again = 1;
@@ -488,12 +393,12 @@ rx_pump(struct e2e_pipe *ep)
         ep->rx_again = 0;
         res = rx_messages(ep);
     } while (res != RX_STOP && ep->rx_again);
-    if (ep->dead)
+    if (ep->dp.dead)
         return;
     ep->rx_busy = 0;
     /* A partial message at EOF is dropped, as Geph's reader does. */
     if (res == RX_INCOMPLETE && ep->lower_eof)
-        deliver_eof(ep);
+        dp_eof(&ep->dp);
 }
 
 static void
@@ -505,7 +410,7 @@ tx_fail(struct e2e_pipe *ep, const char *why)
     ep->tx_failed = 1;
     ep->h->error_set(&e, SL_ENOMEM, LAYER, "%s", why);
     ep->h->pipe_set_error(ep->pipe, &e);
-    deliver_error(ep, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
+    dp_error(&ep->dp, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
 }
 
 /*
@@ -518,7 +423,7 @@ tx_fail(struct e2e_pipe *ep, const char *why)
 static bool
 tx_messages(struct e2e_pipe *ep)
 {
-    struct evbuffer *src = bufferevent_get_input(ep->mine);
+    struct evbuffer *src = bufferevent_get_input(ep->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(ep->lbev);
     size_t len;
 
@@ -537,7 +442,7 @@ tx_messages(struct e2e_pipe *ep)
                 tx_fail(ep, "out of memory");
                 return false;
             }
-            return !ep->dead;
+            return !ep->dp.dead;
         }
         while (taken < len && cap < TX_BATCH) {
             size_t n = len - taken < E2E_CHUNK_MAX ? len - taken
@@ -584,10 +489,10 @@ tx_messages(struct e2e_pipe *ep)
         }
         room.iov_len = used;
         evbuffer_commit_space(dst, &room, 1);
-        if (ep->dead || ep->tx_failed)
+        if (ep->dp.dead || ep->tx_failed)
             return false;
         evbuffer_drain(src, taken);
-        if (ep->dead)
+        if (ep->dp.dead)
             return false;
     }
     return true;
@@ -596,8 +501,8 @@ tx_messages(struct e2e_pipe *ep)
 static void
 maybe_shutdown(struct e2e_pipe *ep)
 {
-    if (!ep->shut_pending || ep->shut_done || ep->dead ||
-        evbuffer_get_length(bufferevent_get_input(ep->mine)) > 0)
+    if (!ep->shut_pending || ep->shut_done || ep->dp.dead ||
+        evbuffer_get_length(bufferevent_get_input(ep->dp.mine)) > 0)
         return;
     /* No close message exists: end the lower pipe's sending. */
     ep->shut_done = 1;
@@ -609,7 +514,7 @@ tx_pump(struct e2e_pipe *ep)
 {
     bool ok;
 
-    if (ep->dead || ep->tx_failed)
+    if (ep->dp.dead || ep->tx_failed)
         return;
     if (ep->tx_busy) {
         ep->tx_again = 1;
@@ -620,7 +525,7 @@ tx_pump(struct e2e_pipe *ep)
         ep->tx_again = 0;
         ok = tx_messages(ep);
     } while (ok && ep->tx_again);
-    if (ep->dead)
+    if (ep->dp.dead)
         return;
     ep->tx_busy = 0;
     if (ok)
@@ -633,9 +538,9 @@ lower_readcb(struct bufferevent *bev, void *arg)
     struct e2e_pipe *ep = arg;
 
     (void)bev;
-    ep->busy++;
+    dp_enter(&ep->dp);
     rx_pump(ep);
-    leave(ep);
+    dp_leave(&ep->dp);
 }
 
 static void
@@ -644,9 +549,9 @@ lower_writecb(struct bufferevent *bev, void *arg)
     struct e2e_pipe *ep = arg;
 
     (void)bev;
-    ep->busy++;
+    dp_enter(&ep->dp);
     tx_pump(ep);
-    leave(ep);
+    dp_leave(&ep->dp);
 }
 
 static void
@@ -655,17 +560,17 @@ lower_eventcb(struct bufferevent *bev, short what, void *arg)
     struct e2e_pipe *ep = arg;
 
     (void)bev;
-    ep->busy++;
+    dp_enter(&ep->dp);
     if (what & BEV_EVENT_EOF) {
         ep->lower_eof = 1;
         if (ep->rx_ended)
-            deliver_eof(ep);
+            dp_eof(&ep->dp);
         else
             rx_pump(ep);
     } else if (what & BEV_EVENT_ERROR) {
-        deliver_error(ep, what);
+        dp_error(&ep->dp, what);
     }
-    leave(ep);
+    dp_leave(&ep->dp);
 }
 
 static void
@@ -674,9 +579,9 @@ mine_readcb(struct bufferevent *bev, void *arg)
     struct e2e_pipe *ep = arg;
 
     (void)bev;
-    ep->busy++;
+    dp_enter(&ep->dp);
     tx_pump(ep);
-    leave(ep);
+    dp_leave(&ep->dp);
 }
 
 static void
@@ -685,9 +590,9 @@ mine_writecb(struct bufferevent *bev, void *arg)
     struct e2e_pipe *ep = arg;
 
     (void)bev;
-    ep->busy++;
+    dp_enter(&ep->dp);
     rx_pump(ep);
-    leave(ep);
+    dp_leave(&ep->dp);
 }
 
 static int
@@ -724,13 +629,7 @@ e2e_pipe_destroy(void *layer_ctx)
 {
     struct e2e_pipe *ep = layer_ctx;
 
-    if (!ep->dead) {
-        bufferevent_setcb(ep->lbev, NULL, NULL, NULL, NULL);
-        bufferevent_setcb(ep->mine, NULL, NULL, NULL, NULL);
-    }
-    ep->dead = 1;
-    if (ep->busy == 0)
-        ep_free(ep);
+    dp_destroy(&ep->dp, ep->lbev);
 }
 
 static const struct sl_pipe_ops e2e_pipe_ops = {
@@ -749,7 +648,6 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
 {
     const struct sl_host *h = par->h;
     struct e2e_pipe *ep = calloc(1, sizeof(*ep));
-    struct bufferevent *pair[2] = { NULL, NULL };
     struct sl_pipe *p;
 
     if (ep == NULL) {
@@ -766,25 +664,19 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
     ep->read_buffer = par->read_buffer;
     ep->lower = lower;
     ep->lbev = h->pipe_get0_bev(lower);
-    ep->owed_ev = evtimer_new(base, owed_cb, ep);
-    if (ep->owed_ev == NULL || bufferevent_pair_new(base, 0, pair) != 0) {
+    if (dp_init(&ep->dp, base, ep_free, ep) != 0) {
         ep_free(ep);
         h->pipe_free(lower);
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
     }
-    ep->mine = pair[0];
-    ep->user = pair[1];
-    bufferevent_setcb(ep->mine, mine_readcb, mine_writecb, NULL, ep);
-    bufferevent_setwatermark(ep->mine, EV_READ, 0, TX_PULL);
-    bufferevent_setwatermark(ep->mine, EV_WRITE, ep->read_buffer / 2, 0);
-    bufferevent_enable(ep->mine, EV_READ | EV_WRITE);
-    bufferevent_setwatermark(ep->user, EV_READ, 0, ep->read_buffer);
-    bufferevent_setcb(ep->lbev, lower_readcb, lower_writecb, lower_eventcb,
-                      ep);
-    bufferevent_setwatermark(ep->lbev, EV_WRITE, TX_QUEUE / 2, 0);
-    bufferevent_enable(ep->lbev, EV_READ | EV_WRITE);
-    p = h->pipe_new(LAYER, pair[1], lower, &e2e_pipe_ops, ep);
+    dp_wire(&ep->dp, ep->lbev, &(const struct dp_wiring){
+                .mine_read = mine_readcb, .mine_write = mine_writecb,
+                .lower_read = lower_readcb, .lower_write = lower_writecb,
+                .lower_event = lower_eventcb, .take = TX_PULL,
+                .read_buffer = ep->read_buffer, .queue = TX_QUEUE },
+            ep);
+    p = h->pipe_new(LAYER, ep->dp.user, lower, &e2e_pipe_ops, ep);
     if (p == NULL) {
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
@@ -799,9 +691,9 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
 static void
 pipe_start(struct e2e_pipe *ep)
 {
-    ep->busy++;
+    dp_enter(&ep->dp);
     rx_pump(ep);
-    leave(ep);
+    dp_leave(&ep->dp);
 }
 
 /* ---- the hello ----------------------------------------------------------- */
