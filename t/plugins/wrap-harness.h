@@ -148,6 +148,7 @@ struct wh_wres {
     bool inside;             /* done ran inside one of them */
     struct sl_pipe *p;
     struct sl_error err;
+    int64_t at;              /* when done ran (sl_now_ms) */
 };
 
 static inline void
@@ -157,6 +158,7 @@ wh_wrap_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
 
     w->calls++;
     w->inside |= w->in_call;
+    w->at = sl_now_ms();
     if (p != NULL && w->p == NULL)
         w->p = p;
     else
@@ -275,6 +277,7 @@ struct wh_raw {
     struct bufferevent *bev;
     struct evbuffer *acc;    /* everything received */
     bool eof, reset;
+    int64_t closed_at;       /* when eof was seen (sl_now_ms) */
     uint8_t ss[64];          /* what the lower pipe says it shares */
     size_t ss_len;           /* 0: it shares nothing (SL_ENOENT) */
 };
@@ -285,8 +288,10 @@ wh_raw_bev_event(struct bufferevent *bev, short what, void *arg)
     struct wh_raw *r = arg;
 
     (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+    if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && !r->eof) {
         r->eof = true;
+        r->closed_at = sl_now_ms();
+    }
 }
 
 static inline void
@@ -308,6 +313,7 @@ wh_raw_pump(struct wh_raw *r)
             return;
         r->eof = true;
         r->reset = n < 0;
+        r->closed_at = sl_now_ms();
     }
 }
 
