@@ -57,6 +57,27 @@ dp_leave(struct dp *d)
     return false;
 }
 
+int
+dp_run(struct dp *d, struct dp_dir *dir, dp_step_fn *step, void *owner,
+       int stop)
+{
+    int r;
+
+    if (dir->busy) {
+        dir->again = 1;
+        return DP_BUSY;
+    }
+    dir->busy = 1;
+    do {
+        dir->again = 0;
+        r = step(owner);
+    } while (r != stop && dir->again);
+    if (d->dead)
+        return DP_DEAD;
+    dir->busy = 0;
+    return r;
+}
+
 void
 dp_destroy(struct dp *d, struct bufferevent *lbev)
 {

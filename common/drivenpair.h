@@ -15,6 +15,7 @@
  *     dp_error).  The core holds the pipe's events until its owner has set
  *     callbacks (sl_pipe_hold, which pipe_new arranges), so a report made
  *     before the hand-over is kept for the owner, never dropped;
+ *   - a pump per direction that reruns when re-entered (dp_run);
  *   - a re-entrancy guard.  Pairs defer their callbacks, so the user never
  *     runs inside the layer, but the layer below may call back at once (an
  *     error from inside a write).  Entry points bracket themselves with
@@ -53,6 +54,27 @@ struct dp {
  * pipe's bufferevent: pipe_new consumes it; dp_fini frees only mine. */
 int dp_init(struct dp *d, struct event_base *base, dp_free_fn *free_fn,
             void *owner);
+/* One direction's guard against its own recursion (see dp_run). */
+struct dp_dir {
+    unsigned busy : 1;          /* dp_run is on the stack */
+    unsigned again : 1;         /* re-entered meanwhile: run once more */
+};
+
+/* One pass of a direction: moves what it can and returns a value of the
+ * layer's own (never negative); stop (given to dp_run) ends the pass. */
+typedef int dp_step_fn(void *owner);
+
+#define DP_BUSY (-1)            /* dp_run: already running, will rerun */
+#define DP_DEAD (-2)            /* dp_run: the pipe was destroyed */
+
+/* Runs step(owner), again for as long as it did not return stop and was
+ * asked to (a callback re-entered this direction meanwhile: the re-entry
+ * only asks).  Returns step's last value, DP_BUSY for a re-entry, or
+ * DP_DEAD when the pipe was destroyed meanwhile (the owner is still
+ * there: the caller runs inside an entry point). */
+int dp_run(struct dp *d, struct dp_dir *dir, dp_step_fn *step, void *owner,
+           int stop);
+
 /* How dp_wire connects the layer: its callbacks and its bounds. */
 struct dp_wiring {
     bufferevent_data_cb mine_read;    /* the user wrote */

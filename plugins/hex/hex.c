@@ -59,8 +59,7 @@ struct hex_pipe {
     struct dp dp;                 /* the pair: mine, user; busy, dead */
     size_t read_buffer;
     uint64_t received;            /* digits decoded, for error offsets */
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1;       /* the peer ended its send direction */
     unsigned rx_ended : 1;        /* EOF or a bad character below */
     unsigned shut_pending : 1, shut_done : 1;
@@ -91,9 +90,12 @@ hp_free(void *owner)
  * Decodes what the lower input holds into mine.output.  Returns false when
  * the receive direction has ended (or the pipe died).
  */
-static bool
-rx_decode(struct hex_pipe *hp)
+static dp_step_fn rx_decode;
+
+static int
+rx_decode(void *owner)
 {
+    struct hex_pipe *hp = owner;
     struct evbuffer *src = bufferevent_get_input(hp->lbev);
     struct evbuffer *dst = bufferevent_get_output(hp->dp.mine);
     struct sl_error e;
@@ -156,23 +158,10 @@ nomem:
 static void
 rx_pump(struct hex_pipe *hp)
 {
-    bool more;
-
     if (hp->dp.dead || hp->rx_ended)
         return;
-    if (hp->rx_busy) {
-        hp->rx_again = 1;
-        return;
-    }
-    hp->rx_busy = 1;
-    do {
-        hp->rx_again = 0;
-        more = rx_decode(hp);
-    } while (more && hp->rx_again);
-    if (hp->dp.dead)
-        return;
-    hp->rx_busy = 0;
-    if (more && hp->lower_eof) {
+    if (dp_run(&hp->dp, &hp->rx_run, rx_decode, hp, false) > 0 &&
+        hp->lower_eof) {
         /* An odd digit left at EOF never gets its partner: dropped. */
         hp->rx_ended = 1;
         dp_eof(&hp->dp);
@@ -194,9 +183,12 @@ maybe_shutdown(struct hex_pipe *hp)
 
 /* Encodes what the user wrote into the lower output, TX_CHUNK at a time,
  * while the lower output has room.  Returns false if the pipe died. */
-static bool
-tx_encode(struct hex_pipe *hp)
+static dp_step_fn tx_encode;
+
+static int
+tx_encode(void *owner)
 {
+    struct hex_pipe *hp = owner;
     struct evbuffer *src = bufferevent_get_input(hp->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(hp->lbev);
     size_t len;
@@ -235,23 +227,9 @@ tx_encode(struct hex_pipe *hp)
 static void
 tx_pump(struct hex_pipe *hp)
 {
-    bool ok;
-
     if (hp->dp.dead || hp->dp.err_done)
         return;
-    if (hp->tx_busy) {
-        hp->tx_again = 1;
-        return;
-    }
-    hp->tx_busy = 1;
-    do {
-        hp->tx_again = 0;
-        ok = tx_encode(hp);
-    } while (ok && hp->tx_again);
-    if (hp->dp.dead)
-        return;
-    hp->tx_busy = 0;
-    if (ok)
+    if (dp_run(&hp->dp, &hp->tx_run, tx_encode, hp, false) > 0)
         maybe_shutdown(hp);
 }
 
@@ -327,7 +305,7 @@ hex_shutdown_write(void *layer_ctx, struct sl_pipe *p)
     /* The user's output is empty, but what the pair moved to mine.input
      * may still wait for room below: tx_pump shuts down after it. */
     hp->shut_pending = 1;
-    if (!hp->tx_busy)
+    if (!hp->tx_run.busy)
         maybe_shutdown(hp);
     return 0;
 }
