@@ -497,8 +497,7 @@ struct tls_pipe {
     SSL *ssl;
     BIO *rbio, *wbio;            /* owned by ssl */
     size_t read_buffer;
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1, rx_ended : 1, tx_failed : 1;
     unsigned shut_pending : 1, shut_done : 1;
 };
@@ -580,9 +579,12 @@ tp_fail(struct tls_pipe *tp, short what, int code, const char *fmt, ...)
 }
 
 /* Decrypts into mine.output.  Returns false once receiving has ended. */
-static bool
-rx_decrypt(struct tls_pipe *tp)
+static dp_step_fn rx_decrypt;
+
+static int
+rx_decrypt(void *owner)
 {
+    struct tls_pipe *tp = owner;
     struct evbuffer *src = bufferevent_get_input(tp->lbev);
     struct evbuffer *dst = bufferevent_get_output(tp->dp.mine);
 
@@ -650,17 +652,7 @@ rx_pump(struct tls_pipe *tp)
 {
     if (tp->dp.dead || tp->rx_ended)
         return;
-    if (tp->rx_busy) {
-        tp->rx_again = 1;
-        return;
-    }
-    tp->rx_busy = 1;
-    do {
-        tp->rx_again = 0;
-    } while (rx_decrypt(tp) && tp->rx_again);
-    if (tp->dp.dead)
-        return;
-    tp->rx_busy = 0;
+    dp_run(&tp->dp, &tp->rx_run, rx_decrypt, tp, false);
 }
 
 /* After the user shut down and everything it wrote is encrypted: send
@@ -683,9 +675,12 @@ maybe_shutdown(struct tls_pipe *tp)
         tp->h->pipe_shutdown_write(tp->lower);
 }
 
-static bool
-tx_encrypt(struct tls_pipe *tp)
+static dp_step_fn tx_encrypt;
+
+static int
+tx_encrypt(void *owner)
 {
+    struct tls_pipe *tp = owner;
     struct evbuffer *src = bufferevent_get_input(tp->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(tp->lbev);
     size_t len;
@@ -728,23 +723,9 @@ tx_encrypt(struct tls_pipe *tp)
 static void
 tx_pump(struct tls_pipe *tp)
 {
-    bool ok;
-
     if (tp->dp.dead || tp->tx_failed)
         return;
-    if (tp->tx_busy) {
-        tp->tx_again = 1;
-        return;
-    }
-    tp->tx_busy = 1;
-    do {
-        tp->tx_again = 0;
-        ok = tx_encrypt(tp);
-    } while (ok && tp->tx_again);
-    if (tp->dp.dead)
-        return;
-    tp->tx_busy = 0;
-    if (ok)
+    if (dp_run(&tp->dp, &tp->tx_run, tx_encrypt, tp, false) > 0)
         maybe_shutdown(tp);
 }
 
@@ -815,7 +796,7 @@ tls_shutdown_write(void *layer_ctx, struct sl_pipe *p)
 
     (void)p;
     tp->shut_pending = 1;
-    if (!tp->tx_busy)
+    if (!tp->tx_run.busy)
         maybe_shutdown(tp);
     return 0;
 }
