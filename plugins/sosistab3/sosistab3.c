@@ -40,9 +40,10 @@
  * user never runs inside this code; but a layer below may call back at
  * once (an error from inside a write), and draining a lower input may
  * make it deliver more.  Entry points count themselves in
- * (common/drivenpair.h); destroy inside one only marks the pipe dead; steps that can call out are
- * followed by a dead check; rx_pump and tx_pump are guarded against their
- * own recursion and loop again when re-entered.
+ * (common/drivenpair.h); destroy inside one only marks the pipe dead;
+ * steps that can call out are followed by a dead check; rx_pump and
+ * tx_pump are guarded against their own recursion and loop again when
+ * re-entered (dp_run).
  */
 #include "config.h"
 
@@ -260,8 +261,7 @@ struct s3_pipe {
     size_t record_size, read_buffer;
     size_t need;                  /* input the next record needs, or 0 */
     bool obfs_lengths;
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1;       /* the peer ended its send direction */
     unsigned rx_failed : 1, tx_failed : 1;
     unsigned shut_pending : 1, shut_done : 1;
@@ -417,9 +417,12 @@ compact(struct evbuffer *src)
         evbuffer_pullup(src, (ev_ssize_t)have);
 }
 
-static enum rx_result
-rx_records(struct s3_pipe *sp)
+static dp_step_fn rx_records;
+
+static int
+rx_records(void *owner)
 {
+    struct s3_pipe *sp = owner;
     struct evbuffer *src = bufferevent_get_input(sp->lbev);
     struct evbuffer *dst = bufferevent_get_output(sp->dp.mine);
     int r;
@@ -448,24 +451,12 @@ rx_records(struct s3_pipe *sp)
 static void
 rx_pump(struct s3_pipe *sp)
 {
-    enum rx_result res;
-
     if (sp->dp.dead || sp->rx_failed)
         return;
-    if (sp->rx_busy) {
-        sp->rx_again = 1;
-        return;
-    }
-    sp->rx_busy = 1;
-    do {
-        sp->rx_again = 0;
-        res = rx_records(sp);
-    } while (res != RX_STOP && sp->rx_again);
-    if (sp->dp.dead)
-        return;
-    sp->rx_busy = 0;
     /* A partial record at EOF is dropped silently (spec §7.3). */
-    if (res == RX_INCOMPLETE && sp->lower_eof)
+    if (dp_run(&sp->dp, &sp->rx_run, rx_records, sp, RX_STOP) ==
+            RX_INCOMPLETE &&
+        sp->lower_eof)
         dp_eof(&sp->dp);
 }
 
@@ -491,9 +482,12 @@ tx_fail(struct s3_pipe *sp, int r)
  * most, and committed together.
  * Returns false when sp died or failed.
  */
-static bool
-tx_records(struct s3_pipe *sp)
+static dp_step_fn tx_records;
+
+static int
+tx_records(void *owner)
 {
+    struct s3_pipe *sp = owner;
     struct evbuffer *src = bufferevent_get_input(sp->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(sp->lbev);
     size_t len;
@@ -584,23 +578,9 @@ maybe_shutdown(struct s3_pipe *sp)
 static void
 tx_pump(struct s3_pipe *sp)
 {
-    bool ok;
-
     if (sp->dp.dead || sp->tx_failed)
         return;
-    if (sp->tx_busy) {
-        sp->tx_again = 1;
-        return;
-    }
-    sp->tx_busy = 1;
-    do {
-        sp->tx_again = 0;
-        ok = tx_records(sp);
-    } while (ok && sp->tx_again);
-    if (sp->dp.dead)
-        return;
-    sp->tx_busy = 0;
-    if (ok)
+    if (dp_run(&sp->dp, &sp->tx_run, tx_records, sp, false) > 0)
         maybe_shutdown(sp);
 }
 
@@ -658,7 +638,7 @@ s3_shutdown_write(void *layer_ctx, struct sl_pipe *p)
     /* The user's output is empty; what the pair moved to us may still
      * wait for room below: tx_pump shuts down after it. */
     sp->shut_pending = 1;
-    if (!sp->tx_busy)
+    if (!sp->tx_run.busy)
         maybe_shutdown(sp);
     return 0;
 }
