@@ -181,8 +181,7 @@ struct e2e_pipe {
     uint8_t tx_key[E2E_KEY_LEN], rx_key[E2E_KEY_LEN];
     uint64_t tx_ctr, rx_ctr;
     size_t read_buffer;
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1;
     unsigned rx_ended : 1;        /* a bad message ended the receive side */
     unsigned tx_failed : 1;
@@ -337,9 +336,12 @@ compact(struct evbuffer *src)
 }
 
 /* Opens (or, plain, moves) what the lower input holds into mine.output. */
-static enum rx_result
-rx_messages(struct e2e_pipe *ep)
+static dp_step_fn rx_messages;
+
+static int
+rx_messages(void *owner)
 {
+    struct e2e_pipe *ep = owner;
     struct evbuffer *src = bufferevent_get_input(ep->lbev);
     struct evbuffer *dst = bufferevent_get_output(ep->dp.mine);
 
@@ -380,24 +382,12 @@ rx_messages(struct e2e_pipe *ep)
 static void
 rx_pump(struct e2e_pipe *ep)
 {
-    enum rx_result res;
-
     if (ep->dp.dead || ep->rx_ended)
         return;
-    if (ep->rx_busy) {
-        ep->rx_again = 1;
-        return;
-    }
-    ep->rx_busy = 1;
-    do {
-        ep->rx_again = 0;
-        res = rx_messages(ep);
-    } while (res != RX_STOP && ep->rx_again);
-    if (ep->dp.dead)
-        return;
-    ep->rx_busy = 0;
     /* A partial message at EOF is dropped, as Geph's reader does. */
-    if (res == RX_INCOMPLETE && ep->lower_eof)
+    if (dp_run(&ep->dp, &ep->rx_run, rx_messages, ep, RX_STOP) ==
+            RX_INCOMPLETE &&
+        ep->lower_eof)
         dp_eof(&ep->dp);
 }
 
@@ -420,9 +410,12 @@ tx_fail(struct e2e_pipe *ep, const char *why)
  * straight from it, else copied into place and sealed there.  Plain:
  * moves the bytes.  Returns false when ep died or failed.
  */
-static bool
-tx_messages(struct e2e_pipe *ep)
+static dp_step_fn tx_messages;
+
+static int
+tx_messages(void *owner)
 {
+    struct e2e_pipe *ep = owner;
     struct evbuffer *src = bufferevent_get_input(ep->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(ep->lbev);
     size_t len;
@@ -512,23 +505,9 @@ maybe_shutdown(struct e2e_pipe *ep)
 static void
 tx_pump(struct e2e_pipe *ep)
 {
-    bool ok;
-
     if (ep->dp.dead || ep->tx_failed)
         return;
-    if (ep->tx_busy) {
-        ep->tx_again = 1;
-        return;
-    }
-    ep->tx_busy = 1;
-    do {
-        ep->tx_again = 0;
-        ok = tx_messages(ep);
-    } while (ok && ep->tx_again);
-    if (ep->dp.dead)
-        return;
-    ep->tx_busy = 0;
-    if (ok)
+    if (dp_run(&ep->dp, &ep->tx_run, tx_messages, ep, false) > 0)
         maybe_shutdown(ep);
 }
 
@@ -604,7 +583,7 @@ e2e_shutdown_write(void *layer_ctx, struct sl_pipe *p)
     /* The user's output is empty; what the pair moved to us may still
      * wait for room below: tx_pump shuts down after it. */
     ep->shut_pending = 1;
-    if (!ep->tx_busy)
+    if (!ep->tx_run.busy)
         maybe_shutdown(ep);
     return 0;
 }
