@@ -958,8 +958,8 @@ test_server_needs_key(void)
     CU_ASSERT_FATAL(cfg != NULL);
     lower = raw_new(&r, WH_RAW_FD, NULL);
     sl_error_clear(&e);
-    CU_ASSERT_EQUAL(wh_ops->wrap(cfg, wh_base, lower, SL_ROLE_SERVER, wh_wrap_done,
-                              NULL, &op, &e), SL_EINVAL);
+    CU_ASSERT_EQUAL(wh_ops->wrap(cfg, wh_base, lower, SL_ROLE_SERVER,
+                                 wh_wrap_done, NULL, &op, &e), SL_EINVAL);
     CU_ASSERT_TEXT(e.text, "accepting needs signing_key=FILE (the exit's "
                    "ed25519 key)");
     CU_ASSERT(sl_pipe_count() == pipes0);

@@ -250,8 +250,8 @@ layer_cfg(const char *cookie, ...)
         CU_ASSERT_FATAL(sl_opts_add(o, k, va_arg(ap, const char *), &e) == 0);
     va_end(ap);
     CU_ASSERT_FATAL(sl_opts_check(o, wh_ops->opts, "sosistab3", &e) == 0);
-    CU_ASSERT_FATAL(wh_ops->configure(sl_host_get(), wh_plugin_ctx, o, &cfg, &e) ==
-                    0);
+    CU_ASSERT_FATAL(wh_ops->configure(sl_host_get(), wh_plugin_ctx, o, &cfg,
+                                      &e) == 0);
     sl_opts_free(o);
     return cfg;
 }
@@ -453,7 +453,8 @@ leftover(enum wh_raw_kind kind)
     CU_ASSERT_FATAL(wh_raw_read(&r, got, 145));
     n = unhex(HEX_HS_S HEX_REC_WORLD, buf, sizeof(buf));
     wh_raw_write(&r, buf, n);
-    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) && w.p != NULL);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) &&
+                    w.p != NULL);
     wh_user_attach(&u, w.p);
     CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
@@ -468,7 +469,8 @@ leftover(enum wh_raw_kind kind)
     wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
     n = unhex(HEX_HS_C HEX_PAD_C HEX_REC_HELLO, buf, sizeof(buf));
     wh_raw_write(&r, buf, n);
-    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) && w.p != NULL);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) &&
+                    w.p != NULL);
     wh_user_attach(&u, w.p);
     CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
@@ -507,7 +509,8 @@ spec_client_pipe(void *cfg, struct wh_raw *r, enum wh_raw_kind kind)
     CU_ASSERT_FATAL(wh_raw_read(r, buf, 145));
     n = unhex(HEX_HS_S, buf, sizeof(buf));
     wh_raw_write(r, buf, n);
-    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) && w.p != NULL);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) &&
+                    w.p != NULL);
     return w.p;
 }
 
@@ -1315,7 +1318,8 @@ test_options(void)
     struct sl_error e;
 
     sl_error_clear(&e);
-    CU_ASSERT(sl_opts_check(o, wh_ops->opts, "sosistab3", &e) != 0); /* cookie */
+    /* cookie */
+    CU_ASSERT(sl_opts_check(o, wh_ops->opts, "sosistab3", &e) != 0);
     sl_opts_free(o);
     o = sl_opts_new();
     sl_error_clear(&e);

@@ -1,7 +1,7 @@
 /* wrap-harness.h - what the unit tests of wrap layers (hex, conntest, tls,
- * e2e, sosistab3) share: a bounded event loop, a configured layer, a wrap and its result,
- * a pipe's user, and a raw peer on the far side of the lower pipe (a
- * socketpair or a bufferevent pair).
+ * e2e, sosistab3) share: a bounded event loop, a configured layer, a wrap
+ * and its result, a pipe's user, and a raw peer on the far side of the
+ * lower pipe (a socketpair or a bufferevent pair).
  *
  * Include it once, from one test program (which may define WH_WAIT_MS, the
  * longest wait for bytes, first); the test sets wh_ops and wh_plugin_ctx
