@@ -22,17 +22,60 @@ dp_init(struct dp *d, struct event_base *base, dp_free_fn *free_fn,
     return 0;
 }
 
-void
-dp_wire(struct dp *d, struct bufferevent *lbev, const struct dp_wiring *w,
-        void *arg)
+static void
+rx_cb(struct bufferevent *bev, void *arg)
 {
-    bufferevent_setcb(d->mine, w->mine_read, w->mine_write, NULL, arg);
+    (void)bev;
+    dp_rx(arg);
+}
+
+static void
+tx_cb(struct bufferevent *bev, void *arg)
+{
+    struct dp *d = arg;
+
+    (void)bev;
+    d->busy++;
+    d->tx(d->owner);
+    dp_leave(d);
+}
+
+static void
+lower_eventcb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    dp_lower_event(arg, what);
+}
+
+void
+dp_lower_event(struct dp *d, short what)
+{
+    d->busy++;
+    d->lower_event(d->owner, what);
+    dp_leave(d);
+}
+
+void
+dp_rx(struct dp *d)
+{
+    d->busy++;
+    d->rx(d->owner);
+    dp_leave(d);
+}
+
+void
+dp_wire(struct dp *d, struct bufferevent *lbev, const struct dp_wiring *w)
+{
+    d->rx = w->rx;
+    d->tx = w->tx;
+    d->lower_event = w->lower_event;
+    /* Mine's read: the user wrote; its write: the user took some. */
+    bufferevent_setcb(d->mine, tx_cb, rx_cb, NULL, d);
     bufferevent_setwatermark(d->mine, EV_READ, 0, w->take);
     bufferevent_setwatermark(d->mine, EV_WRITE, w->read_buffer / 2, 0);
     bufferevent_enable(d->mine, EV_READ | EV_WRITE);
     bufferevent_setwatermark(d->user, EV_READ, 0, w->read_buffer);
-    bufferevent_setcb(lbev, w->lower_read, w->lower_write, w->lower_event,
-                      arg);
+    bufferevent_setcb(lbev, rx_cb, tx_cb, lower_eventcb, d);
     if (w->lower_high != 0)
         bufferevent_setwatermark(lbev, EV_READ, 0, w->lower_high);
     bufferevent_setwatermark(lbev, EV_WRITE, w->queue / 2, 0);

@@ -36,11 +36,17 @@
 #include <event2/event.h>
 
 typedef void dp_free_fn(void *owner);
+/* A direction's pump: moves what it can (see dp_run). */
+typedef void dp_pump_fn(void *owner);
+/* An event from the lower bufferevent. */
+typedef void dp_event_fn(void *owner, short what);
 
 struct dp {
     struct bufferevent *mine;   /* the layer's end */
     struct bufferevent *user;   /* its partner, the pipe's bufferevent */
     dp_free_fn *free_fn;        /* frees the layer's state, owner */
+    dp_pump_fn *rx, *tx;        /* the layer's pumps (dp_wire) */
+    dp_event_fn *lower_event;
     void *owner;
     int busy;                   /* entry points on the stack */
     unsigned dead : 1;          /* destroyed while busy */
@@ -75,26 +81,36 @@ typedef int dp_step_fn(void *owner);
 int dp_run(struct dp *d, struct dp_dir *dir, dp_step_fn *step, void *owner,
            int stop);
 
-/* How dp_wire connects the layer: its callbacks and its bounds. */
+/* How dp_wire connects the layer: its pumps and its bounds. */
 struct dp_wiring {
-    bufferevent_data_cb mine_read;    /* the user wrote */
-    bufferevent_data_cb mine_write;   /* the user read */
-    bufferevent_data_cb lower_read, lower_write;
-    bufferevent_event_cb lower_event;
+    dp_pump_fn *rx;       /* lower input -> mine.output */
+    dp_pump_fn *tx;       /* mine.input -> lower output */
+    dp_event_fn *lower_event;
     size_t take;          /* of the user's output taken at a time */
     size_t read_buffer;   /* stop filling the user's input at this */
     size_t lower_high;    /* the lower input's bound, or 0 for none */
     size_t queue;         /* the layer's bound on the lower output */
 };
 
-/* Connects mine and lbev to the layer's callbacks (with arg), bounds and
- * enables them: mine takes at most take of the user's output at a time and
+/* Connects mine and lbev to the layer's pumps and bounds them, then
+ * enables them.  Each callback is an entry point (dp_enter .. dp_leave)
+ * that runs a pump with the owner: rx when the lower pipe has input or the
+ * user has taken some of its own (mine's write callback), tx when the
+ * user wrote (mine's read callback) or the lower output has room;
+ * lower_event for the lower pipe's events.  mine takes at most take of the user's output at a time and
  * calls mine_write once the user has taken its input down to half of
  * read_buffer; the user's input stops at read_buffer (the user may raise
  * it); lbev reads up to lower_high (if not 0) and calls lower_write once
  * its output is down to half of queue.  Never calls back inside. */
 void dp_wire(struct dp *d, struct bufferevent *lbev,
-             const struct dp_wiring *w, void *arg);
+             const struct dp_wiring *w);
+
+/* Runs the rx pump as an entry point: for input that came with the
+ * handshake, before the pipe is handed up.  May free the owner. */
+void dp_rx(struct dp *d);
+/* Runs lower_event as an entry point: for an event that reached a
+ * handshake's callback after the pipe took over.  May free the owner. */
+void dp_lower_event(struct dp *d, short what);
 
 /* Frees mine (if any).  For the layer's free function. */
 void dp_fini(struct dp *d);

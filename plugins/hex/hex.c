@@ -155,9 +155,13 @@ nomem:
 }
 
 /* Decodes what waits below; loops again when re-entered. */
+static dp_pump_fn rx_pump;
+
 static void
-rx_pump(struct hex_pipe *hp)
+rx_pump(void *owner)
 {
+    struct hex_pipe *hp = owner;
+
     if (hp->dp.dead || hp->rx_ended)
         return;
     if (dp_run(&hp->dp, &hp->rx_run, rx_decode, hp, false) > 0 &&
@@ -224,75 +228,32 @@ tx_encode(void *owner)
     return true;
 }
 
+static dp_pump_fn tx_pump;
+
 static void
-tx_pump(struct hex_pipe *hp)
+tx_pump(void *owner)
 {
+    struct hex_pipe *hp = owner;
+
     if (hp->dp.dead || hp->dp.err_done)
         return;
     if (dp_run(&hp->dp, &hp->tx_run, tx_encode, hp, false) > 0)
         maybe_shutdown(hp);
 }
 
-/* The four callbacks: lower read/write/event, and mine's read (the user
- * wrote) and write (the user read). */
-static void
-lower_readcb(struct bufferevent *bev, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    dp_enter(&hp->dp);
-    rx_pump(hp);
-    dp_leave(&hp->dp);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_writecb(struct bufferevent *bev, void *arg)
+lower_event(void *owner, short what)
 {
-    struct hex_pipe *hp = arg;
+    struct hex_pipe *hp = owner;
 
-    (void)bev;
-    dp_enter(&hp->dp);
-    tx_pump(hp);
-    dp_leave(&hp->dp);
-}
-
-static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    dp_enter(&hp->dp);
     if (what & BEV_EVENT_EOF) {
         hp->lower_eof = 1;
         rx_pump(hp);
     }
     else if (what & BEV_EVENT_ERROR)
         dp_error(&hp->dp, what);   /* the layer below recorded why */
-    dp_leave(&hp->dp);
-}
-
-static void
-mine_readcb(struct bufferevent *bev, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    dp_enter(&hp->dp);
-    tx_pump(hp);
-    dp_leave(&hp->dp);
-}
-
-static void
-mine_writecb(struct bufferevent *bev, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    dp_enter(&hp->dp);
-    rx_pump(hp);
-    dp_leave(&hp->dp);
 }
 
 /* The pipe's operations. */
@@ -362,12 +323,9 @@ pipe_make(const struct hex_cfg *c, struct event_base *base,
      * digits per byte: never take more than read_buffer digits' worth of
      * the lower's input ahead of the reader. */
     dp_wire(&hp->dp, hp->lbev, &(const struct dp_wiring){
-                .mine_read = mine_readcb, .mine_write = mine_writecb,
-                .lower_read = lower_readcb, .lower_write = lower_writecb,
-                .lower_event = lower_eventcb, .take = TX_QUEUE,
-                .read_buffer = hp->read_buffer,
-                .lower_high = 2 * hp->read_buffer, .queue = TX_QUEUE },
-            hp);
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_QUEUE, .read_buffer = hp->read_buffer,
+                .lower_high = 2 * hp->read_buffer, .queue = TX_QUEUE });
     /* Consumes the user end, lower and hp (destroyed on failure). */
     p = h->pipe_new(LAYER, hp->dp.user, lower, &hex_pipe_ops, hp);
     if (p == NULL) {
@@ -410,9 +368,7 @@ wrap_deliver(evutil_socket_t fd, short what, void *arg)
     } else {
         /* Digits that came with the layers below are decoded now; the
          * user has no callbacks yet, so nothing calls back. */
-        dp_enter(&w->hp->dp);
-        rx_pump(w->hp);
-        dp_leave(&w->hp->dp);
+        dp_rx(&w->hp->dp);
     }
     event_free(w->done_ev);
     free(w);
