@@ -647,9 +647,13 @@ rx_decrypt(void *owner)
     }
 }
 
+static dp_pump_fn rx_pump;
+
 static void
-rx_pump(struct tls_pipe *tp)
+rx_pump(void *owner)
 {
+    struct tls_pipe *tp = owner;
+
     if (tp->dp.dead || tp->rx_ended)
         return;
     dp_run(&tp->dp, &tp->rx_run, rx_decrypt, tp, false);
@@ -720,73 +724,32 @@ tx_encrypt(void *owner)
     return true;
 }
 
+static dp_pump_fn tx_pump;
+
 static void
-tx_pump(struct tls_pipe *tp)
+tx_pump(void *owner)
 {
+    struct tls_pipe *tp = owner;
+
     if (tp->dp.dead || tp->tx_failed)
         return;
     if (dp_run(&tp->dp, &tp->tx_run, tx_encrypt, tp, false) > 0)
         maybe_shutdown(tp);
 }
 
-static void
-lower_readcb(struct bufferevent *bev, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    dp_enter(&tp->dp);
-    rx_pump(tp);
-    dp_leave(&tp->dp);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_writecb(struct bufferevent *bev, void *arg)
+lower_event(void *owner, short what)
 {
-    struct tls_pipe *tp = arg;
+    struct tls_pipe *tp = owner;
 
-    (void)bev;
-    dp_enter(&tp->dp);
-    tx_pump(tp);
-    dp_leave(&tp->dp);
-}
-
-static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    dp_enter(&tp->dp);
     if (what & BEV_EVENT_EOF) {
         tp->lower_eof = 1;
         rx_pump(tp);
     } else if (what & BEV_EVENT_ERROR) {
         dp_error(&tp->dp, what);   /* the layer below recorded why */
     }
-    dp_leave(&tp->dp);
-}
-
-static void
-mine_readcb(struct bufferevent *bev, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    dp_enter(&tp->dp);
-    tx_pump(tp);
-    dp_leave(&tp->dp);
-}
-
-static void
-mine_writecb(struct bufferevent *bev, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    dp_enter(&tp->dp);
-    rx_pump(tp);
-    dp_leave(&tp->dp);
 }
 
 static int
@@ -852,11 +815,9 @@ pipe_make(const struct sl_host *h, size_t read_buffer,
     tp->lower = lower;
     tp->lbev = h->pipe_get0_bev(lower);
     dp_wire(&tp->dp, tp->lbev, &(const struct dp_wiring){
-                .mine_read = mine_readcb, .mine_write = mine_writecb,
-                .lower_read = lower_readcb, .lower_write = lower_writecb,
-                .lower_event = lower_eventcb, .take = TX_QUEUE,
-                .read_buffer = read_buffer, .queue = TX_QUEUE },
-            tp);
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_QUEUE, .read_buffer = read_buffer,
+                .queue = TX_QUEUE });
     p = h->pipe_new(LAYER, tp->dp.user, lower, &tls_pipe_ops, tp);
     if (p == NULL) {
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
@@ -935,9 +896,7 @@ wrap_deliver(evutil_socket_t fd, short what, void *arg)
     } else if (p != NULL) {
         /* Records that came right behind the handshake are decrypted
          * now; the user has no callbacks yet, so nothing calls back. */
-        dp_enter(&w->tp->dp);
-        rx_pump(w->tp);
-        dp_leave(&w->tp->dp);
+        dp_rx(&w->tp->dp);
     }
     drop_lower(w);
     wrap_free(w);
@@ -1090,7 +1049,7 @@ hs_eventcb(struct bufferevent *bev, short what, void *arg)
         hs_process(w);
     if (w->tp != NULL) {
         /* Done with the last bytes: the event is the pipe's. */
-        lower_eventcb(bev, what, w->tp);
+        dp_lower_event(&w->tp->dp, what);
         return;
     }
     hs_fail(w, SL_ECLOSED, "connection %s during the handshake",
