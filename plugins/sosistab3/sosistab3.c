@@ -448,9 +448,13 @@ rx_records(void *owner)
 }
 
 /* Opens what the lower input holds; may run the user's callbacks. */
+static dp_pump_fn rx_pump;
+
 static void
-rx_pump(struct s3_pipe *sp)
+rx_pump(void *owner)
 {
+    struct s3_pipe *sp = owner;
+
     if (sp->dp.dead || sp->rx_failed)
         return;
     /* A partial record at EOF is dropped silently (spec §7.3). */
@@ -575,49 +579,26 @@ maybe_shutdown(struct s3_pipe *sp)
     sp->h->pipe_shutdown_write(sp->lower);
 }
 
+static dp_pump_fn tx_pump;
+
 static void
-tx_pump(struct s3_pipe *sp)
+tx_pump(void *owner)
 {
+    struct s3_pipe *sp = owner;
+
     if (sp->dp.dead || sp->tx_failed)
         return;
     if (dp_run(&sp->dp, &sp->tx_run, tx_records, sp, false) > 0)
         maybe_shutdown(sp);
 }
 
-/* Records to open: the lower input has data (lower's read callback), or
- * the user read and mine.output drained to its low watermark (mine's
- * write callback). */
-static void
-rx_ready(struct bufferevent *bev, void *arg)
-{
-    struct s3_pipe *sp = arg;
-
-    (void)bev;
-    dp_enter(&sp->dp);
-    rx_pump(sp);
-    dp_leave(&sp->dp);
-}
-
-/* Records to seal: the user wrote into mine.input (mine's read callback),
- * or the lower output drained (lower's write callback). */
-static void
-tx_ready(struct bufferevent *bev, void *arg)
-{
-    struct s3_pipe *sp = arg;
-
-    (void)bev;
-    dp_enter(&sp->dp);
-    tx_pump(sp);
-    dp_leave(&sp->dp);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
+lower_event(void *owner, short what)
 {
-    struct s3_pipe *sp = arg;
+    struct s3_pipe *sp = owner;
 
-    (void)bev;
-    dp_enter(&sp->dp);
     if (what & BEV_EVENT_EOF) {
         sp->lower_eof = 1;
         rx_pump(sp);
@@ -625,7 +606,6 @@ lower_eventcb(struct bufferevent *bev, short what, void *arg)
         /* The layer below recorded why (pipe_set_error). */
         dp_error(&sp->dp, what);
     }
-    dp_leave(&sp->dp);
 }
 
 
@@ -710,11 +690,9 @@ pipe_make(const struct s3_params *par, enum sl_role role,
     /* Decrypt more once the user has taken half of the backlog; seal
      * more once the layer below has sent half of its. */
     dp_wire(&sp->dp, sp->lbev, &(const struct dp_wiring){
-                .mine_read = tx_ready, .mine_write = rx_ready,
-                .lower_read = rx_ready, .lower_write = tx_ready,
-                .lower_event = lower_eventcb, .take = TX_PULL,
-                .read_buffer = sp->read_buffer, .queue = TX_QUEUE },
-            sp);
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_PULL, .read_buffer = sp->read_buffer,
+                .queue = TX_QUEUE });
     /* Consumes the user end and lower, and destroys sp on failure. */
     p = h->pipe_new(LAYER, sp->dp.user, lower, &s3_pipe_ops, sp);
     if (p == NULL) {
@@ -731,9 +709,7 @@ pipe_make(const struct s3_params *par, enum sl_role role,
 static void
 pipe_start(struct s3_pipe *sp)
 {
-    dp_enter(&sp->dp);
-    rx_pump(sp);
-    dp_leave(&sp->dp);
+    dp_rx(&sp->dp);
 }
 
 /* ---- the handshake ------------------------------------------------------- */
@@ -1065,7 +1041,7 @@ hs_eventcb(struct bufferevent *bev, short what, void *arg)
     hs_process(w);
     if (w->state == HS_DONE && w->sp != NULL) {
         /* Finished with the last bytes: the event is the pipe's. */
-        lower_eventcb(bev, what, w->sp);
+        dp_lower_event(&w->sp->dp, what);
         return;
     }
     if (what & BEV_EVENT_EOF)
