@@ -379,9 +379,13 @@ rx_messages(void *owner)
     }
 }
 
+static dp_pump_fn rx_pump;
+
 static void
-rx_pump(struct e2e_pipe *ep)
+rx_pump(void *owner)
 {
+    struct e2e_pipe *ep = owner;
+
     if (ep->dp.dead || ep->rx_ended)
         return;
     /* A partial message at EOF is dropped, as Geph's reader does. */
@@ -502,44 +506,26 @@ maybe_shutdown(struct e2e_pipe *ep)
     ep->h->pipe_shutdown_write(ep->lower);
 }
 
+static dp_pump_fn tx_pump;
+
 static void
-tx_pump(struct e2e_pipe *ep)
+tx_pump(void *owner)
 {
+    struct e2e_pipe *ep = owner;
+
     if (ep->dp.dead || ep->tx_failed)
         return;
     if (dp_run(&ep->dp, &ep->tx_run, tx_messages, ep, false) > 0)
         maybe_shutdown(ep);
 }
 
-static void
-lower_readcb(struct bufferevent *bev, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    dp_enter(&ep->dp);
-    rx_pump(ep);
-    dp_leave(&ep->dp);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_writecb(struct bufferevent *bev, void *arg)
+lower_event(void *owner, short what)
 {
-    struct e2e_pipe *ep = arg;
+    struct e2e_pipe *ep = owner;
 
-    (void)bev;
-    dp_enter(&ep->dp);
-    tx_pump(ep);
-    dp_leave(&ep->dp);
-}
-
-static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    dp_enter(&ep->dp);
     if (what & BEV_EVENT_EOF) {
         ep->lower_eof = 1;
         if (ep->rx_ended)
@@ -549,29 +535,6 @@ lower_eventcb(struct bufferevent *bev, short what, void *arg)
     } else if (what & BEV_EVENT_ERROR) {
         dp_error(&ep->dp, what);
     }
-    dp_leave(&ep->dp);
-}
-
-static void
-mine_readcb(struct bufferevent *bev, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    dp_enter(&ep->dp);
-    tx_pump(ep);
-    dp_leave(&ep->dp);
-}
-
-static void
-mine_writecb(struct bufferevent *bev, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    dp_enter(&ep->dp);
-    rx_pump(ep);
-    dp_leave(&ep->dp);
 }
 
 static int
@@ -650,11 +613,9 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
         return NULL;
     }
     dp_wire(&ep->dp, ep->lbev, &(const struct dp_wiring){
-                .mine_read = mine_readcb, .mine_write = mine_writecb,
-                .lower_read = lower_readcb, .lower_write = lower_writecb,
-                .lower_event = lower_eventcb, .take = TX_PULL,
-                .read_buffer = ep->read_buffer, .queue = TX_QUEUE },
-            ep);
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_PULL, .read_buffer = ep->read_buffer,
+                .queue = TX_QUEUE });
     p = h->pipe_new(LAYER, ep->dp.user, lower, &e2e_pipe_ops, ep);
     if (p == NULL) {
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
@@ -670,9 +631,7 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
 static void
 pipe_start(struct e2e_pipe *ep)
 {
-    dp_enter(&ep->dp);
-    rx_pump(ep);
-    dp_leave(&ep->dp);
+    dp_rx(&ep->dp);
 }
 
 /* ---- the hello ----------------------------------------------------------- */
@@ -1058,7 +1017,7 @@ hs_eventcb(struct bufferevent *bev, short what, void *arg)
     hs_process(w);
     if (w->state == HS_DONE && w->ep != NULL) {
         /* Finished with the last bytes: the event is the pipe's. */
-        lower_eventcb(bev, what, w->ep);
+        dp_lower_event(&w->ep->dp, what);
         return;
     }
     if (what & BEV_EVENT_EOF)
