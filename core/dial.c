@@ -442,6 +442,7 @@ layer_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
     struct sl_error e2;
 
     op->layer_op = NULL;
+    core_pipe_handover(p);
     if (p == NULL) {
         sl_error_clear(&e2);
         if (err != NULL && err->code != 0)
@@ -781,6 +782,7 @@ pend_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
     char buf[256];
 
     pd->layer_op = NULL;
+    core_pipe_handover(p);
     if (pd->l == NULL) {
         sl_pipe_free(p);
         free(pd);
@@ -953,6 +955,7 @@ base_accept(struct sl_pipe *p, const struct sl_error *err, void *arg)
                err ? sl_error_str(err, buf, sizeof(buf)) : "failed");
         return;
     }
+    core_pipe_handover(p);
     pd = pend_new(l, 1, p);
     if (pd == NULL) {
         sl_pipe_free(p);

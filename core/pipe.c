@@ -29,7 +29,14 @@ struct sl_pipe {
     unsigned closing : 1;          /* sl_pipe_close in progress (top) */
     unsigned free_scheduled : 1;
     short held_events;             /* came in under sl_pipe_hold */
+    struct event *held_ev;         /* looks for the owner of held events */
+    int held_ms;                   /* ... after this long, doubling */
 };
+
+/* How often a pipe with held events looks for an owner that set its
+ * callbacks directly (bufferevent_setcb, as a layer above does). */
+#define HELD_RETRY_MS 1
+#define HELD_RETRY_MAX_MS 1000
 
 /* Tests compare this before and after to find leaked pipes. */
 static atomic_long pipe_count;
@@ -38,6 +45,18 @@ long
 sl_pipe_count(void)
 {
     return atomic_load(&pipe_count);
+}
+
+static void hold_eventcb(struct bufferevent *bev, short what, void *arg);
+
+static bool
+has_callbacks(struct bufferevent *bev)
+{
+    bufferevent_data_cb readcb = NULL, writecb = NULL;
+    bufferevent_event_cb eventcb = NULL;
+
+    bufferevent_getcb(bev, &readcb, &writecb, &eventcb, NULL);
+    return readcb != NULL || writecb != NULL || eventcb != NULL;
 }
 
 struct sl_pipe *
@@ -62,6 +81,9 @@ sl_pipe_new(const char *layer, struct bufferevent *bev, struct sl_pipe *lower,
     p->layer_ctx = layer_ctx;
     if (lower != NULL)
         lower->upper = p;
+    /* Nobody owns the new pipe's callbacks yet: keep what comes. */
+    if (bev != NULL && !has_callbacks(bev))
+        sl_pipe_hold(p);
     atomic_fetch_add(&pipe_count, 1);
     return p;
 }
@@ -103,19 +125,61 @@ sl_pipe_set_error(struct sl_pipe *p, const struct sl_error *err)
         p->err = *err;
 }
 
+/* Raises the held events for an owner that set its event callback without
+ * sl_pipe_setcb; until one has, looks again later, backing off. */
+static void
+held_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct sl_pipe *p = arg;
+    bufferevent_event_cb eventcb = NULL;
+    void *cbarg = NULL;
+    struct timeval tv;
+
+    (void)fd;
+    (void)what;
+    if (p->held_events == 0)
+        return;
+    bufferevent_getcb(p->bev, NULL, NULL, &eventcb, &cbarg);
+    if (eventcb != NULL && !(eventcb == hold_eventcb && cbarg == p)) {
+        short held = p->held_events;
+
+        p->held_events = 0;
+        p->held_ms = 0;
+        bufferevent_trigger_event(p->bev, held, BEV_TRIG_DEFER_CALLBACKS);
+        return;
+    }
+    p->held_ms = p->held_ms == 0 ? HELD_RETRY_MS : p->held_ms * 2;
+    if (p->held_ms > HELD_RETRY_MAX_MS)
+        p->held_ms = HELD_RETRY_MAX_MS;
+    tv.tv_sec = p->held_ms / 1000;
+    tv.tv_usec = (p->held_ms % 1000) * 1000;
+    evtimer_add(p->held_ev, &tv);
+}
+
 static void
 hold_eventcb(struct bufferevent *bev, short what, void *arg)
 {
     struct sl_pipe *p = arg;
 
-    (void)bev;
     p->held_events |= what;
+    if (p->held_ev == NULL)
+        p->held_ev = evtimer_new(bufferevent_get_base(bev), held_check, p);
+    /* Without memory for the timer only sl_pipe_setcb raises them. */
+    if (p->held_ev != NULL && !evtimer_pending(p->held_ev, NULL))
+        held_check(-1, 0, p);
 }
 
 void
 sl_pipe_hold(struct sl_pipe *p)
 {
     bufferevent_setcb(p->bev, NULL, NULL, hold_eventcb, p);
+}
+
+void
+core_pipe_handover(struct sl_pipe *p)
+{
+    if (p != NULL && p->bev != NULL && !has_callbacks(p->bev))
+        sl_pipe_hold(p);
 }
 
 void
@@ -126,6 +190,9 @@ sl_pipe_setcb(struct sl_pipe *p, bufferevent_data_cb readcb,
     short held = p->held_events;
 
     p->held_events = 0;
+    p->held_ms = 0;
+    if (p->held_ev != NULL)
+        evtimer_del(p->held_ev);
     bufferevent_setcb(p->bev, readcb, writecb, eventcb, arg);
     /* An EOF or error that came while the pipe waited for its owner. */
     if (held != 0 && eventcb != NULL)
@@ -286,6 +353,8 @@ free_one(struct sl_pipe *p)
 {
     if (p->close_timer != NULL)
         event_free(p->close_timer);
+    if (p->held_ev != NULL)
+        event_free(p->held_ev);
     if (p->drain_cb != NULL)
         evbuffer_remove_cb_entry(bufferevent_get_output(p->bev), p->drain_cb);
     if (p->ops != NULL && p->ops->destroy != NULL)

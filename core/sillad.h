@@ -57,10 +57,19 @@ const char *sl_pipe_get0_layer(const struct sl_pipe *p);
 /* The first error recorded on p or any pipe below it, or NULL. */
 const struct sl_error *sl_pipe_get0_error(struct sl_pipe *p);
 void sl_pipe_set_error(struct sl_pipe *p, const struct sl_error *err);
-/* Keeps the EOF or error events that reach p until the next
- * sl_pipe_setcb, which raises them again (deferred) for the new owner.
- * For pipes handed over one loop pass after their handshake. */
+/* Keeps the EOF or error events that reach p until its next owner sets
+ * callbacks, and raises them again (deferred, once) for that owner: at
+ * once when it uses sl_pipe_setcb; within a moment (a timer that backs
+ * off from 1 ms to 1 s) when it sets an event callback with
+ * bufferevent_setcb, as a layer above does.  Replaces p's callbacks.
+ * sl_pipe_new holds every pipe whose bufferevent has no callbacks yet, so
+ * nothing a layer reports before its owner is ready is lost; the core
+ * holds again each pipe that a layer hands over without callbacks
+ * (core_pipe_handover).  Never calls back. */
 void sl_pipe_hold(struct sl_pipe *p);
+/* A layer handed p to the core: holds it (sl_pipe_hold) unless someone
+ * has set callbacks on it. */
+void core_pipe_handover(struct sl_pipe *p);
 /* Sets the bufferevent callbacks and, if input is already waiting (left by
  * a handshake), schedules the read callback so it is not missed; events
  * held by sl_pipe_hold are raised again. */

@@ -108,9 +108,11 @@ ct_deliver(evutil_socket_t fd, short what, void *arg)
     } else if (w->ok) {
         /* An EOF or error that came after the terminator is raised
          * again, deferred: libevent queues it only while an event
-         * callback is set, but calls whichever is set when it runs, the
-         * new owner's if it set one in done() (the core's listener and
-         * stack do). */
+         * callback is set, but calls whichever is set when it runs: the
+         * new owner's if it set one in done(), or else the core's hold,
+         * which the core puts on every pipe a layer hands back bare and
+         * which keeps the event for the next owner (sl_host(3),
+         * pipe_new). */
         if (w->late != 0)
             bufferevent_trigger_event(w->lbev, w->late,
                                       BEV_TRIG_DEFER_CALLBACKS);

@@ -44,9 +44,9 @@
  * mine.output holds read_buffer bytes, sealing while the lower output
  * holds TX_QUEUE bytes; the pair moves at most TX_PULL bytes at a time.
  *
- * Re-entrancy follows sosistab3.c: entry points count themselves in busy,
- * destroy under busy only marks the pipe dead, the pumps guard against
- * their own recursion.
+ * Re-entrancy follows sosistab3.c (common/drivenpair.h): entry points
+ * count themselves in, destroy inside one only marks the pipe dead, the
+ * pumps guard against their own recursion.
  */
 #include "config.h"
 
@@ -60,6 +60,7 @@
 #include <event2/event.h>
 #include <sodium.h>
 
+#include "drivenpair.h"
 #include "e2e-key.h"
 #include "e2e-wire.h"
 #include "sillad/plugin.h"
@@ -79,8 +80,6 @@
 #define COMPACT_SMALL 4096        /* many chains of under this on average */
 #define SS_MAX 256                /* largest shared secret used */
 #define REASON_SHOWN 120          /* characters of a Reject reason shown */
-#define OWED_RETRY_MS 1
-#define OWED_RETRY_MAX_MS 1000
 
 /* ---- configuration ------------------------------------------------------- */
 
@@ -177,121 +176,26 @@ struct e2e_pipe {
     struct sl_pipe *pipe;         /* ours, for pipe_set_error */
     struct sl_pipe *lower;        /* owned by pipe */
     struct bufferevent *lbev;     /* the lower pipe's */
-    struct bufferevent *mine;     /* our end of the pair */
-    struct bufferevent *user;     /* its partner, the pipe's bufferevent */
-    struct event *owed_ev;
+    struct dp dp;                 /* the pair: mine, user; busy, dead */
     bool crypt;                   /* false: shared-secret mode, plain bytes */
     uint8_t tx_key[E2E_KEY_LEN], rx_key[E2E_KEY_LEN];
     uint64_t tx_ctr, rx_ctr;
     size_t read_buffer;
-    short owed;
-    int owed_ms;
-    int busy;
-    unsigned dead : 1;
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1;
     unsigned rx_ended : 1;        /* a bad message ended the receive side */
-    unsigned eof_done : 1, err_done : 1;
     unsigned tx_failed : 1;
     unsigned shut_pending : 1, shut_done : 1;
 };
 
 static void
-ep_free(struct e2e_pipe *ep)
+ep_free(void *owner)
 {
-    if (ep->owed_ev != NULL)
-        event_free(ep->owed_ev);
-    if (ep->mine != NULL)
-        bufferevent_free(ep->mine);
+    struct e2e_pipe *ep = owner;
+
+    dp_fini(&ep->dp);
     sodium_memzero(ep, sizeof(*ep));
     free(ep);
-}
-
-static bool
-leave(struct e2e_pipe *ep)
-{
-    if (--ep->busy == 0 && ep->dead) {
-        ep_free(ep);
-        return true;
-    }
-    return false;
-}
-
-static bool
-user_listens(struct e2e_pipe *ep)
-{
-    bufferevent_event_cb cb = NULL;
-
-    bufferevent_getcb(ep->user, NULL, NULL, &cb, NULL);
-    return cb != NULL;
-}
-
-/* libevent drops events for a bufferevent without an event callback:
- * keep one found before the user set callbacks, and retry. */
-static void
-owe(struct e2e_pipe *ep, short what)
-{
-    struct timeval tv;
-
-    ep->owed |= what;
-    if (evtimer_pending(ep->owed_ev, NULL))
-        return;
-    ep->owed_ms = ep->owed_ms == 0 ? OWED_RETRY_MS : ep->owed_ms * 2;
-    if (ep->owed_ms > OWED_RETRY_MAX_MS)
-        ep->owed_ms = OWED_RETRY_MAX_MS;
-    tv.tv_sec = ep->owed_ms / 1000;
-    tv.tv_usec = (ep->owed_ms % 1000) * 1000;
-    evtimer_add(ep->owed_ev, &tv);
-}
-
-static void
-deliver_eof(struct e2e_pipe *ep)
-{
-    if (ep->eof_done)
-        return;
-    if (!user_listens(ep)) {
-        owe(ep, BEV_EVENT_EOF | BEV_EVENT_READING);
-        return;
-    }
-    ep->eof_done = 1;
-    /* Moves mine.output on regardless of watermarks, then EOF. */
-    bufferevent_flush(ep->mine, EV_WRITE, BEV_FINISHED);
-}
-
-static void
-deliver_error(struct e2e_pipe *ep, short what)
-{
-    if (ep->err_done)
-        return;
-    if (!user_listens(ep)) {
-        owe(ep, what);
-        return;
-    }
-    ep->err_done = 1;
-    bufferevent_trigger_event(ep->user, what, 0);
-}
-
-static void
-owed_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-    short owed = ep->owed;
-
-    (void)fd;
-    (void)what;
-    if (!user_listens(ep)) {
-        owe(ep, 0);
-        return;
-    }
-    ep->owed = 0;
-    ep->owed_ms = 0;
-    ep->busy++;
-    if (owed & BEV_EVENT_EOF)
-        deliver_eof(ep);
-    if (!ep->dead && (owed & BEV_EVENT_ERROR))
-        deliver_error(ep, owed & ~BEV_EVENT_EOF);
-    leave(ep);
 }
 
 /* A bad message from the peer: the receive direction ends (EOF to the
@@ -310,7 +214,7 @@ rx_end(struct e2e_pipe *ep, const char *why)
     bufferevent_disable(ep->lbev, EV_READ);
     evbuffer_drain(bufferevent_get_input(ep->lbev),
                    evbuffer_get_length(bufferevent_get_input(ep->lbev)));
-    deliver_eof(ep);
+    dp_eof(&ep->dp);
 }
 
 /* Lets the lower input grow to hold n bytes. */
@@ -338,7 +242,7 @@ enum rx_result { RX_BLOCKED, RX_INCOMPLETE, RX_STOP };
  * complete in src's first chain (pulled up first when the first message
  * is split), straight into one stretch of room reserved in dst, handed on
  * in one commit.  Returns the number of messages consumed (check
- * ep->dead after), 0 when the next one is not all here yet, or -1 after
+ * ep->dp.dead after), 0 when the next one is not all here yet, or -1 after
  * rx_end.  A bad message behind good ones is left for the next call,
  * which reports it.
  */
@@ -432,11 +336,14 @@ compact(struct evbuffer *src)
 }
 
 /* Opens (or, plain, moves) what the lower input holds into mine.output. */
-static enum rx_result
-rx_messages(struct e2e_pipe *ep)
+static dp_step_fn rx_messages;
+
+static int
+rx_messages(void *owner)
 {
+    struct e2e_pipe *ep = owner;
     struct evbuffer *src = bufferevent_get_input(ep->lbev);
-    struct evbuffer *dst = bufferevent_get_output(ep->mine);
+    struct evbuffer *dst = bufferevent_get_output(ep->dp.mine);
 
     for (;;) {
         size_t have = evbuffer_get_length(src);
@@ -458,12 +365,12 @@ rx_messages(struct e2e_pipe *ep)
                 n = have;
             if (evbuffer_remove_buffer(src, dst, n) < 0)
                 return RX_INCOMPLETE;
-            if (ep->dead)
+            if (ep->dp.dead)
                 return RX_STOP;
             continue;
         }
         r = rx_batch(ep, src, dst);
-        if (ep->dead || r < 0)
+        if (ep->dp.dead || r < 0)
             return RX_STOP;
         if (r == 0) {
             compact(src);
@@ -472,28 +379,20 @@ rx_messages(struct e2e_pipe *ep)
     }
 }
 
-static void
-rx_pump(struct e2e_pipe *ep)
-{
-    enum rx_result res;
+static dp_pump_fn rx_pump;
 
-    if (ep->dead || ep->rx_ended)
+static void
+rx_pump(void *owner)
+{
+    struct e2e_pipe *ep = owner;
+
+    if (ep->dp.dead || ep->rx_ended)
         return;
-    if (ep->rx_busy) {
-        ep->rx_again = 1;
-        return;
-    }
-    ep->rx_busy = 1;
-    do {
-        ep->rx_again = 0;
-        res = rx_messages(ep);
-    } while (res != RX_STOP && ep->rx_again);
-    if (ep->dead)
-        return;
-    ep->rx_busy = 0;
     /* A partial message at EOF is dropped, as Geph's reader does. */
-    if (res == RX_INCOMPLETE && ep->lower_eof)
-        deliver_eof(ep);
+    if (dp_run(&ep->dp, &ep->rx_run, rx_messages, ep, RX_STOP) ==
+            RX_INCOMPLETE &&
+        ep->lower_eof)
+        dp_eof(&ep->dp);
 }
 
 static void
@@ -505,7 +404,7 @@ tx_fail(struct e2e_pipe *ep, const char *why)
     ep->tx_failed = 1;
     ep->h->error_set(&e, SL_ENOMEM, LAYER, "%s", why);
     ep->h->pipe_set_error(ep->pipe, &e);
-    deliver_error(ep, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
+    dp_error(&ep->dp, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
 }
 
 /*
@@ -515,10 +414,13 @@ tx_fail(struct e2e_pipe *ep, const char *why)
  * straight from it, else copied into place and sealed there.  Plain:
  * moves the bytes.  Returns false when ep died or failed.
  */
-static bool
-tx_messages(struct e2e_pipe *ep)
+static dp_step_fn tx_messages;
+
+static int
+tx_messages(void *owner)
 {
-    struct evbuffer *src = bufferevent_get_input(ep->mine);
+    struct e2e_pipe *ep = owner;
+    struct evbuffer *src = bufferevent_get_input(ep->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(ep->lbev);
     size_t len;
 
@@ -537,7 +439,7 @@ tx_messages(struct e2e_pipe *ep)
                 tx_fail(ep, "out of memory");
                 return false;
             }
-            return !ep->dead;
+            return !ep->dp.dead;
         }
         while (taken < len && cap < TX_BATCH) {
             size_t n = len - taken < E2E_CHUNK_MAX ? len - taken
@@ -584,10 +486,10 @@ tx_messages(struct e2e_pipe *ep)
         }
         room.iov_len = used;
         evbuffer_commit_space(dst, &room, 1);
-        if (ep->dead || ep->tx_failed)
+        if (ep->dp.dead || ep->tx_failed)
             return false;
         evbuffer_drain(src, taken);
-        if (ep->dead)
+        if (ep->dp.dead)
             return false;
     }
     return true;
@@ -596,98 +498,43 @@ tx_messages(struct e2e_pipe *ep)
 static void
 maybe_shutdown(struct e2e_pipe *ep)
 {
-    if (!ep->shut_pending || ep->shut_done || ep->dead ||
-        evbuffer_get_length(bufferevent_get_input(ep->mine)) > 0)
+    if (!ep->shut_pending || ep->shut_done || ep->dp.dead ||
+        evbuffer_get_length(bufferevent_get_input(ep->dp.mine)) > 0)
         return;
     /* No close message exists: end the lower pipe's sending. */
     ep->shut_done = 1;
     ep->h->pipe_shutdown_write(ep->lower);
 }
 
-static void
-tx_pump(struct e2e_pipe *ep)
-{
-    bool ok;
+static dp_pump_fn tx_pump;
 
-    if (ep->dead || ep->tx_failed)
+static void
+tx_pump(void *owner)
+{
+    struct e2e_pipe *ep = owner;
+
+    if (ep->dp.dead || ep->tx_failed)
         return;
-    if (ep->tx_busy) {
-        ep->tx_again = 1;
-        return;
-    }
-    ep->tx_busy = 1;
-    do {
-        ep->tx_again = 0;
-        ok = tx_messages(ep);
-    } while (ok && ep->tx_again);
-    if (ep->dead)
-        return;
-    ep->tx_busy = 0;
-    if (ok)
+    if (dp_run(&ep->dp, &ep->tx_run, tx_messages, ep, false) > 0)
         maybe_shutdown(ep);
 }
 
-static void
-lower_readcb(struct bufferevent *bev, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    ep->busy++;
-    rx_pump(ep);
-    leave(ep);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_writecb(struct bufferevent *bev, void *arg)
+lower_event(void *owner, short what)
 {
-    struct e2e_pipe *ep = arg;
+    struct e2e_pipe *ep = owner;
 
-    (void)bev;
-    ep->busy++;
-    tx_pump(ep);
-    leave(ep);
-}
-
-static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    ep->busy++;
     if (what & BEV_EVENT_EOF) {
         ep->lower_eof = 1;
         if (ep->rx_ended)
-            deliver_eof(ep);
+            dp_eof(&ep->dp);
         else
             rx_pump(ep);
     } else if (what & BEV_EVENT_ERROR) {
-        deliver_error(ep, what);
+        dp_error(&ep->dp, what);
     }
-    leave(ep);
-}
-
-static void
-mine_readcb(struct bufferevent *bev, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    ep->busy++;
-    tx_pump(ep);
-    leave(ep);
-}
-
-static void
-mine_writecb(struct bufferevent *bev, void *arg)
-{
-    struct e2e_pipe *ep = arg;
-
-    (void)bev;
-    ep->busy++;
-    rx_pump(ep);
-    leave(ep);
 }
 
 static int
@@ -699,7 +546,7 @@ e2e_shutdown_write(void *layer_ctx, struct sl_pipe *p)
     /* The user's output is empty; what the pair moved to us may still
      * wait for room below: tx_pump shuts down after it. */
     ep->shut_pending = 1;
-    if (!ep->tx_busy)
+    if (!ep->tx_run.busy)
         maybe_shutdown(ep);
     return 0;
 }
@@ -724,13 +571,7 @@ e2e_pipe_destroy(void *layer_ctx)
 {
     struct e2e_pipe *ep = layer_ctx;
 
-    if (!ep->dead) {
-        bufferevent_setcb(ep->lbev, NULL, NULL, NULL, NULL);
-        bufferevent_setcb(ep->mine, NULL, NULL, NULL, NULL);
-    }
-    ep->dead = 1;
-    if (ep->busy == 0)
-        ep_free(ep);
+    dp_destroy(&ep->dp, ep->lbev);
 }
 
 static const struct sl_pipe_ops e2e_pipe_ops = {
@@ -749,7 +590,6 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
 {
     const struct sl_host *h = par->h;
     struct e2e_pipe *ep = calloc(1, sizeof(*ep));
-    struct bufferevent *pair[2] = { NULL, NULL };
     struct sl_pipe *p;
 
     if (ep == NULL) {
@@ -766,25 +606,17 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
     ep->read_buffer = par->read_buffer;
     ep->lower = lower;
     ep->lbev = h->pipe_get0_bev(lower);
-    ep->owed_ev = evtimer_new(base, owed_cb, ep);
-    if (ep->owed_ev == NULL || bufferevent_pair_new(base, 0, pair) != 0) {
+    if (dp_init(&ep->dp, base, ep_free, ep) != 0) {
         ep_free(ep);
         h->pipe_free(lower);
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
     }
-    ep->mine = pair[0];
-    ep->user = pair[1];
-    bufferevent_setcb(ep->mine, mine_readcb, mine_writecb, NULL, ep);
-    bufferevent_setwatermark(ep->mine, EV_READ, 0, TX_PULL);
-    bufferevent_setwatermark(ep->mine, EV_WRITE, ep->read_buffer / 2, 0);
-    bufferevent_enable(ep->mine, EV_READ | EV_WRITE);
-    bufferevent_setwatermark(ep->user, EV_READ, 0, ep->read_buffer);
-    bufferevent_setcb(ep->lbev, lower_readcb, lower_writecb, lower_eventcb,
-                      ep);
-    bufferevent_setwatermark(ep->lbev, EV_WRITE, TX_QUEUE / 2, 0);
-    bufferevent_enable(ep->lbev, EV_READ | EV_WRITE);
-    p = h->pipe_new(LAYER, pair[1], lower, &e2e_pipe_ops, ep);
+    dp_wire(&ep->dp, ep->lbev, &(const struct dp_wiring){
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_PULL, .read_buffer = ep->read_buffer,
+                .queue = TX_QUEUE });
+    p = h->pipe_new(LAYER, ep->dp.user, lower, &e2e_pipe_ops, ep);
     if (p == NULL) {
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
@@ -799,9 +631,7 @@ pipe_make(const struct e2e_params *par, struct event_base *base,
 static void
 pipe_start(struct e2e_pipe *ep)
 {
-    ep->busy++;
-    rx_pump(ep);
-    leave(ep);
+    dp_rx(&ep->dp);
 }
 
 /* ---- the hello ----------------------------------------------------------- */
@@ -1187,7 +1017,7 @@ hs_eventcb(struct bufferevent *bev, short what, void *arg)
     hs_process(w);
     if (w->state == HS_DONE && w->ep != NULL) {
         /* Finished with the last bytes: the event is the pipe's. */
-        lower_eventcb(bev, what, w->ep);
+        dp_lower_event(&w->ep->dp, what);
         return;
     }
     if (what & BEV_EVENT_EOF)

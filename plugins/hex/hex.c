@@ -24,9 +24,10 @@
  *
  * Re-entrancy: pairs defer their callbacks, so the user never runs inside
  * this code, but a layer below may call back at once (an error from inside
- * a write).  Entry points count themselves in busy, a destroy under busy
- * only marks the pipe dead, and the pumps guard against their own
- * recursion.
+ * a write).  Entry points count themselves in (dp_enter/dp_leave), a
+ * destroy inside one only marks the pipe dead, and the pumps guard against
+ * their own recursion.  The pair, that guard and the EOF and error reports
+ * are common/drivenpair.h, shared with tls, sosistab3 and e2e.
  */
 #include "config.h"
 
@@ -39,6 +40,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "drivenpair.h"
 #include "hex-codec.h"
 #include "sillad/plugin.h"
 
@@ -46,8 +48,6 @@
 #define TX_CHUNK 8192              /* bytes encoded at a time, as Rust */
 #define TX_QUEUE (256 * 1024)      /* encoded bytes waiting below */
 #define RX_BATCH (64 * 1024)       /* digits decoded at a time */
-#define OWED_RETRY_MS 1            /* retry an event the user cannot get, */
-#define OWED_RETRY_MAX_MS 1000     /* backing off up to this */
 
 /* ---- the pipe ---------------------------------------------------------- */
 
@@ -56,20 +56,12 @@ struct hex_pipe {
     struct sl_pipe *pipe;         /* ours, for pipe_set_error */
     struct sl_pipe *lower;        /* owned by pipe */
     struct bufferevent *lbev;     /* the lower pipe's */
-    struct bufferevent *mine;     /* our end of the pair */
-    struct bufferevent *user;     /* its partner, the pipe's bufferevent */
-    struct event *owed_ev;        /* retries events the user cannot get */
+    struct dp dp;                 /* the pair: mine, user; busy, dead */
     size_t read_buffer;
     uint64_t received;            /* digits decoded, for error offsets */
-    short owed;                   /* events waiting for an event callback */
-    int owed_ms;
-    int busy;                     /* entry points on the stack */
-    unsigned dead : 1;            /* destroyed while busy */
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1;       /* the peer ended its send direction */
     unsigned rx_ended : 1;        /* EOF or a bad character below */
-    unsigned eof_done : 1, err_done : 1;
     unsigned shut_pending : 1, shut_done : 1;
 };
 
@@ -86,113 +78,26 @@ static const struct sl_opt_spec hex_opts[] = {
 };
 
 static void
-hp_free(struct hex_pipe *hp)
+hp_free(void *owner)
 {
-    if (hp->owed_ev != NULL)
-        event_free(hp->owed_ev);
-    if (hp->mine != NULL)
-        bufferevent_free(hp->mine);
+    struct hex_pipe *hp = owner;
+
+    dp_fini(&hp->dp);
     free(hp);
-}
-
-/* Ends an entry point; frees a pipe destroyed meanwhile.  True if gone. */
-static bool
-leave(struct hex_pipe *hp)
-{
-    if (--hp->busy == 0 && hp->dead) {
-        hp_free(hp);
-        return true;
-    }
-    return false;
-}
-
-/* libevent drops events for a bufferevent without an event callback, and
- * the user sets its callbacks only once the pipe is handed up: an event
- * found before that is kept and retried, backing off. */
-static bool
-user_listens(struct hex_pipe *hp)
-{
-    bufferevent_event_cb cb = NULL;
-
-    bufferevent_getcb(hp->user, NULL, NULL, &cb, NULL);
-    return cb != NULL;
-}
-
-static void
-owe(struct hex_pipe *hp, short what)
-{
-    struct timeval tv;
-
-    hp->owed |= what;
-    if (evtimer_pending(hp->owed_ev, NULL))
-        return;
-    hp->owed_ms = hp->owed_ms == 0 ? OWED_RETRY_MS : hp->owed_ms * 2;
-    if (hp->owed_ms > OWED_RETRY_MAX_MS)
-        hp->owed_ms = OWED_RETRY_MAX_MS;
-    tv.tv_sec = hp->owed_ms / 1000;
-    tv.tv_usec = (hp->owed_ms % 1000) * 1000;
-    evtimer_add(hp->owed_ev, &tv);
-}
-
-/* EOF to the user, after every byte already decoded. */
-static void
-deliver_eof(struct hex_pipe *hp)
-{
-    if (hp->eof_done)
-        return;
-    if (!user_listens(hp)) {
-        owe(hp, BEV_EVENT_EOF | BEV_EVENT_READING);
-        return;
-    }
-    hp->eof_done = 1;
-    /* Moves mine.output on regardless of watermarks, then reports EOF. */
-    bufferevent_flush(hp->mine, EV_WRITE, BEV_FINISHED);
-}
-
-static void
-deliver_error(struct hex_pipe *hp, short what)
-{
-    if (hp->err_done)
-        return;
-    if (!user_listens(hp)) {
-        owe(hp, what);
-        return;
-    }
-    hp->err_done = 1;
-    bufferevent_trigger_event(hp->user, what, 0);
-}
-
-static void
-owed_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct hex_pipe *hp = arg;
-    short owed = hp->owed;
-
-    (void)fd;
-    (void)what;
-    if (!user_listens(hp)) {
-        owe(hp, 0);
-        return;
-    }
-    hp->owed = 0;
-    hp->owed_ms = 0;
-    hp->busy++;
-    if (owed & BEV_EVENT_EOF)
-        deliver_eof(hp);
-    if (!hp->dead && (owed & BEV_EVENT_ERROR))
-        deliver_error(hp, owed & ~BEV_EVENT_EOF);
-    leave(hp);
 }
 
 /*
  * Decodes what the lower input holds into mine.output.  Returns false when
  * the receive direction has ended (or the pipe died).
  */
-static bool
-rx_decode(struct hex_pipe *hp)
+static dp_step_fn rx_decode;
+
+static int
+rx_decode(void *owner)
 {
+    struct hex_pipe *hp = owner;
     struct evbuffer *src = bufferevent_get_input(hp->lbev);
-    struct evbuffer *dst = bufferevent_get_output(hp->mine);
+    struct evbuffer *dst = bufferevent_get_output(hp->dp.mine);
     struct sl_error e;
     uint8_t badc;
 
@@ -222,7 +127,7 @@ rx_decode(struct hex_pipe *hp)
         evbuffer_drain(src, 2 * n);
         hp->received += 2 * n;
         evbuffer_commit_space(dst, &room, 1);
-        if (hp->dead)
+        if (hp->dp.dead)
             return false;
         if (bad < take)
             break;
@@ -237,7 +142,7 @@ rx_decode(struct hex_pipe *hp)
                (unsigned long long)hp->received);
     hp->rx_ended = 1;
     bufferevent_disable(hp->lbev, EV_READ);
-    deliver_eof(hp);
+    dp_eof(&hp->dp);
     return false;
 nomem:
     memset(&e, 0, sizeof(e));
@@ -245,34 +150,25 @@ nomem:
     hp->h->pipe_set_error(hp->pipe, &e);
     hp->rx_ended = 1;
     bufferevent_disable(hp->lbev, EV_READ);
-    deliver_error(hp, BEV_EVENT_READING | BEV_EVENT_ERROR);
+    dp_error(&hp->dp, BEV_EVENT_READING | BEV_EVENT_ERROR);
     return false;
 }
 
 /* Decodes what waits below; loops again when re-entered. */
-static void
-rx_pump(struct hex_pipe *hp)
-{
-    bool more;
+static dp_pump_fn rx_pump;
 
-    if (hp->dead || hp->rx_ended)
+static void
+rx_pump(void *owner)
+{
+    struct hex_pipe *hp = owner;
+
+    if (hp->dp.dead || hp->rx_ended)
         return;
-    if (hp->rx_busy) {
-        hp->rx_again = 1;
-        return;
-    }
-    hp->rx_busy = 1;
-    do {
-        hp->rx_again = 0;
-        more = rx_decode(hp);
-    } while (more && hp->rx_again);
-    if (hp->dead)
-        return;
-    hp->rx_busy = 0;
-    if (more && hp->lower_eof) {
+    if (dp_run(&hp->dp, &hp->rx_run, rx_decode, hp, false) > 0 &&
+        hp->lower_eof) {
         /* An odd digit left at EOF never gets its partner: dropped. */
         hp->rx_ended = 1;
-        deliver_eof(hp);
+        dp_eof(&hp->dp);
     }
 }
 
@@ -282,8 +178,8 @@ rx_pump(struct hex_pipe *hp)
 static void
 maybe_shutdown(struct hex_pipe *hp)
 {
-    if (!hp->shut_pending || hp->shut_done || hp->dead ||
-        evbuffer_get_length(bufferevent_get_input(hp->mine)) > 0)
+    if (!hp->shut_pending || hp->shut_done || hp->dp.dead ||
+        evbuffer_get_length(bufferevent_get_input(hp->dp.mine)) > 0)
         return;
     hp->shut_done = 1;
     hp->h->pipe_shutdown_write(hp->lower);
@@ -291,10 +187,13 @@ maybe_shutdown(struct hex_pipe *hp)
 
 /* Encodes what the user wrote into the lower output, TX_CHUNK at a time,
  * while the lower output has room.  Returns false if the pipe died. */
-static bool
-tx_encode(struct hex_pipe *hp)
+static dp_step_fn tx_encode;
+
+static int
+tx_encode(void *owner)
 {
-    struct evbuffer *src = bufferevent_get_input(hp->mine);
+    struct hex_pipe *hp = owner;
+    struct evbuffer *src = bufferevent_get_input(hp->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(hp->lbev);
     size_t len;
 
@@ -311,7 +210,7 @@ tx_encode(struct hex_pipe *hp)
             memset(&e, 0, sizeof(e));
             hp->h->error_set(&e, SL_ENOMEM, LAYER, "out of memory encoding");
             hp->h->pipe_set_error(hp->pipe, &e);
-            deliver_error(hp, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
+            dp_error(&hp->dp, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
             return false;
         }
         hex_encode(bytes, n, room.iov_base);
@@ -320,98 +219,41 @@ tx_encode(struct hex_pipe *hp)
          * mine.input, so a shutdown waiting for the latter never
          * overtakes them.  Either step may call back. */
         evbuffer_commit_space(dst, &room, 1);
-        if (hp->dead)
+        if (hp->dp.dead)
             return false;
         evbuffer_drain(src, n);
-        if (hp->dead)
+        if (hp->dp.dead)
             return false;
     }
     return true;
 }
 
-static void
-tx_pump(struct hex_pipe *hp)
-{
-    bool ok;
+static dp_pump_fn tx_pump;
 
-    if (hp->dead || hp->err_done)
+static void
+tx_pump(void *owner)
+{
+    struct hex_pipe *hp = owner;
+
+    if (hp->dp.dead || hp->dp.err_done)
         return;
-    if (hp->tx_busy) {
-        hp->tx_again = 1;
-        return;
-    }
-    hp->tx_busy = 1;
-    do {
-        hp->tx_again = 0;
-        ok = tx_encode(hp);
-    } while (ok && hp->tx_again);
-    if (hp->dead)
-        return;
-    hp->tx_busy = 0;
-    if (ok)
+    if (dp_run(&hp->dp, &hp->tx_run, tx_encode, hp, false) > 0)
         maybe_shutdown(hp);
 }
 
-/* The four callbacks: lower read/write/event, and mine's read (the user
- * wrote) and write (the user read). */
-static void
-lower_readcb(struct bufferevent *bev, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    hp->busy++;
-    rx_pump(hp);
-    leave(hp);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_writecb(struct bufferevent *bev, void *arg)
+lower_event(void *owner, short what)
 {
-    struct hex_pipe *hp = arg;
+    struct hex_pipe *hp = owner;
 
-    (void)bev;
-    hp->busy++;
-    tx_pump(hp);
-    leave(hp);
-}
-
-static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    hp->busy++;
     if (what & BEV_EVENT_EOF) {
         hp->lower_eof = 1;
         rx_pump(hp);
     }
     else if (what & BEV_EVENT_ERROR)
-        deliver_error(hp, what);   /* the layer below recorded why */
-    leave(hp);
-}
-
-static void
-mine_readcb(struct bufferevent *bev, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    hp->busy++;
-    tx_pump(hp);
-    leave(hp);
-}
-
-static void
-mine_writecb(struct bufferevent *bev, void *arg)
-{
-    struct hex_pipe *hp = arg;
-
-    (void)bev;
-    hp->busy++;
-    rx_pump(hp);
-    leave(hp);
+        dp_error(&hp->dp, what);   /* the layer below recorded why */
 }
 
 /* The pipe's operations. */
@@ -424,7 +266,7 @@ hex_shutdown_write(void *layer_ctx, struct sl_pipe *p)
     /* The user's output is empty, but what the pair moved to mine.input
      * may still wait for room below: tx_pump shuts down after it. */
     hp->shut_pending = 1;
-    if (!hp->tx_busy)
+    if (!hp->tx_run.busy)
         maybe_shutdown(hp);
     return 0;
 }
@@ -447,13 +289,7 @@ hex_destroy(void *layer_ctx)
     struct hex_pipe *hp = layer_ctx;
 
     /* The core frees the lower pipe right after: detach from it now. */
-    if (!hp->dead) {
-        bufferevent_setcb(hp->lbev, NULL, NULL, NULL, NULL);
-        bufferevent_setcb(hp->mine, NULL, NULL, NULL, NULL);
-    }
-    hp->dead = 1;
-    if (hp->busy == 0)
-        hp_free(hp);
+    dp_destroy(&hp->dp, hp->lbev);
 }
 
 static const struct sl_pipe_ops hex_pipe_ops = {
@@ -470,11 +306,9 @@ pipe_make(const struct hex_cfg *c, struct event_base *base,
 {
     const struct sl_host *h = c->h;
     struct hex_pipe *hp = calloc(1, sizeof(*hp));
-    struct bufferevent *pair[2] = { NULL, NULL };
     struct sl_pipe *p;
 
-    if (hp == NULL || (hp->owed_ev = evtimer_new(base, owed_cb, hp)) == NULL ||
-        bufferevent_pair_new(base, 0, pair) != 0) {
+    if (hp == NULL || dp_init(&hp->dp, base, hp_free, hp) != 0) {
         if (hp != NULL)
             hp_free(hp);
         h->pipe_free(lower);
@@ -485,24 +319,15 @@ pipe_make(const struct hex_cfg *c, struct event_base *base,
     hp->read_buffer = c->read_buffer;
     hp->lower = lower;
     hp->lbev = h->pipe_get0_bev(lower);
-    hp->mine = pair[0];
-    hp->user = pair[1];
-    bufferevent_setcb(hp->mine, mine_readcb, mine_writecb, NULL, hp);
-    /* Take at most a queue's worth of the user's output at a time; decode
-     * more once the user has taken half of the backlog. */
-    bufferevent_setwatermark(hp->mine, EV_READ, 0, TX_QUEUE);
-    bufferevent_setwatermark(hp->mine, EV_WRITE, hp->read_buffer / 2, 0);
-    bufferevent_enable(hp->mine, EV_READ | EV_WRITE);
-    bufferevent_setwatermark(hp->user, EV_READ, 0, hp->read_buffer);
-    bufferevent_setcb(hp->lbev, lower_readcb, lower_writecb, lower_eventcb,
-                      hp);
-    /* Two digits per byte: never take more than read_buffer digits' worth
-     * of the lower's input ahead of the reader. */
-    bufferevent_setwatermark(hp->lbev, EV_READ, 0, 2 * hp->read_buffer);
-    bufferevent_setwatermark(hp->lbev, EV_WRITE, TX_QUEUE / 2, 0);
-    bufferevent_enable(hp->lbev, EV_READ | EV_WRITE);
+    /* Take at most a queue's worth of the user's output at a time.  Two
+     * digits per byte: never take more than read_buffer digits' worth of
+     * the lower's input ahead of the reader. */
+    dp_wire(&hp->dp, hp->lbev, &(const struct dp_wiring){
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_QUEUE, .read_buffer = hp->read_buffer,
+                .lower_high = 2 * hp->read_buffer, .queue = TX_QUEUE });
     /* Consumes the user end, lower and hp (destroyed on failure). */
-    p = h->pipe_new(LAYER, pair[1], lower, &hex_pipe_ops, hp);
+    p = h->pipe_new(LAYER, hp->dp.user, lower, &hex_pipe_ops, hp);
     if (p == NULL) {
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
@@ -543,9 +368,7 @@ wrap_deliver(evutil_socket_t fd, short what, void *arg)
     } else {
         /* Digits that came with the layers below are decoded now; the
          * user has no callbacks yet, so nothing calls back. */
-        w->hp->busy++;
-        rx_pump(w->hp);
-        leave(w->hp);
+        dp_rx(&w->hp->dp);
     }
     event_free(w->done_ev);
     free(w);

@@ -39,10 +39,11 @@
  * Re-entrancy: libevent 2.1 pairs always defer their callbacks, so the
  * user never runs inside this code; but a layer below may call back at
  * once (an error from inside a write), and draining a lower input may
- * make it deliver more.  Entry points count themselves in busy; destroy
- * under busy only marks the pipe dead; steps that can call out are
- * followed by a dead check; rx_pump and tx_pump are guarded against their
- * own recursion and loop again when re-entered.
+ * make it deliver more.  Entry points count themselves in
+ * (common/drivenpair.h); destroy inside one only marks the pipe dead;
+ * steps that can call out are followed by a dead check; rx_pump and
+ * tx_pump are guarded against their own recursion and loop again when
+ * re-entered (dp_run).
  */
 #include "config.h"
 
@@ -58,6 +59,7 @@
 #include <sodium.h>
 
 #include "blake3.h"
+#include "drivenpair.h"
 #include "s3-crypto.h"
 #include "s3-replay.h"
 #include "sillad/plugin.h"
@@ -75,8 +77,6 @@
 #define TX_BATCH (128 * 1024 - 512)
 #define COMPACT_CHAINS 16         /* compact the lower input beyond this */
 #define COMPACT_SMALL 4096        /* many chains of under this on average */
-#define OWED_RETRY_MS 1           /* retry an event the user cannot get, */
-#define OWED_RETRY_MAX_MS 1000    /* backing off up to this */
 #define DEADLINE_MIN_US 10000000  /* server handshake: 10 s ... */
 #define DEADLINE_SPAN_US 10000000 /* ... plus up to 10 s */
 #define WAIT_ENV "SOSISTAB3_WAIT" /* set: wait WAIT_DEFAULT_MS at start */
@@ -255,23 +255,14 @@ struct s3_pipe {
     struct sl_pipe *pipe;         /* ours, for pipe_set_error */
     struct sl_pipe *lower;        /* owned by pipe */
     struct bufferevent *lbev;     /* the lower pipe's */
-    struct bufferevent *mine;     /* our end of the pair */
-    struct bufferevent *user;     /* its partner, the pipe's bufferevent */
-    struct event *owed_ev;        /* retries events the user cannot get */
+    struct dp dp;                 /* the pair: mine, user; busy, dead */
     struct s3_dir *tx, *rx;
     uint8_t ss[S3_KEY_LEN];
     size_t record_size, read_buffer;
     size_t need;                  /* input the next record needs, or 0 */
-    short owed;                   /* events waiting for an event callback */
-    int owed_ms;                  /* current retry interval */
-    int busy;                     /* entry points on the stack */
     bool obfs_lengths;
-    unsigned dead : 1;            /* destroyed while busy */
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1;       /* the peer ended its send direction */
-    unsigned eof_done : 1;        /* the user got EOF */
-    unsigned err_done : 1;        /* the user got an error */
     unsigned rx_failed : 1, tx_failed : 1;
     unsigned shut_pending : 1, shut_done : 1;
 };
@@ -279,109 +270,15 @@ struct s3_pipe {
 enum rx_result { RX_BLOCKED, RX_INCOMPLETE, RX_STOP };
 
 static void
-sp_free(struct s3_pipe *sp)
+sp_free(void *owner)
 {
-    if (sp->owed_ev != NULL)
-        event_free(sp->owed_ev);
-    if (sp->mine != NULL)
-        bufferevent_free(sp->mine);
+    struct s3_pipe *sp = owner;
+
+    dp_fini(&sp->dp);
     s3_dir_free(sp->tx);
     s3_dir_free(sp->rx);
     sodium_memzero(sp, sizeof(*sp));
     free(sp);
-}
-
-/* Ends an entry point; frees a pipe destroyed meanwhile.  Returns true
- * when sp is gone. */
-static bool
-leave(struct s3_pipe *sp)
-{
-    if (--sp->busy == 0 && sp->dead) {
-        sp_free(sp);
-        return true;
-    }
-    return false;
-}
-
-/* Whether the user has an event callback that an event would reach. */
-static bool
-user_listens(struct s3_pipe *sp)
-{
-    bufferevent_event_cb cb = NULL;
-
-    bufferevent_getcb(sp->user, NULL, NULL, &cb, NULL);
-    return cb != NULL;
-}
-
-/* An event found before the user set callbacks (between the handshake and
- * the hand-over) would be lost: libevent drops events for a bufferevent
- * without an event callback.  Keep it and retry, backing off. */
-static void
-owe(struct s3_pipe *sp, short what)
-{
-    struct timeval tv;
-
-    sp->owed |= what;
-    if (evtimer_pending(sp->owed_ev, NULL))
-        return;
-    sp->owed_ms = sp->owed_ms == 0 ? OWED_RETRY_MS : sp->owed_ms * 2;
-    if (sp->owed_ms > OWED_RETRY_MAX_MS)
-        sp->owed_ms = OWED_RETRY_MAX_MS;
-    tv.tv_sec = sp->owed_ms / 1000;
-    tv.tv_usec = (sp->owed_ms % 1000) * 1000;
-    evtimer_add(sp->owed_ev, &tv);
-}
-
-/* EOF after every byte already decrypted. */
-static void
-deliver_eof(struct s3_pipe *sp)
-{
-    if (sp->eof_done)
-        return;
-    if (!user_listens(sp)) {
-        owe(sp, BEV_EVENT_EOF | BEV_EVENT_READING);
-        return;
-    }
-    sp->eof_done = 1;
-    /* Moves mine.output on regardless of watermarks, then reports EOF to
-     * the user, exactly as tcp hands up its socket's EOF. */
-    bufferevent_flush(sp->mine, EV_WRITE, BEV_FINISHED);
-}
-
-/* An error event. */
-static void
-deliver_error(struct s3_pipe *sp, short what)
-{
-    if (sp->err_done)
-        return;
-    if (!user_listens(sp)) {
-        owe(sp, what);
-        return;
-    }
-    sp->err_done = 1;
-    bufferevent_trigger_event(sp->user, what, 0);
-}
-
-static void
-owed_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct s3_pipe *sp = arg;
-    short owed = sp->owed;
-
-    (void)fd;
-    (void)what;
-    if (!user_listens(sp)) {
-        owe(sp, 0);
-        return;
-    }
-    sp->owed = 0;
-    sp->owed_ms = 0;
-    sp->busy++;
-    if (owed & BEV_EVENT_EOF)
-        deliver_eof(sp);
-    if (!sp->dead && (owed & BEV_EVENT_ERROR))
-        deliver_error(sp, owed & ~BEV_EVENT_EOF);
-    leave(sp);
 }
 
 static void
@@ -403,7 +300,7 @@ rx_fail(struct s3_pipe *sp, int r)
     sp->h->pipe_set_error(sp->pipe, &e);
     /* Nothing more is read; the user learns why and closes. */
     bufferevent_disable(sp->lbev, EV_READ);
-    deliver_error(sp, BEV_EVENT_READING | BEV_EVENT_ERROR);
+    dp_error(&sp->dp, BEV_EVENT_READING | BEV_EVENT_ERROR);
 }
 
 /* Lets the lower input grow to hold a record of rec_len bytes. */
@@ -425,7 +322,7 @@ make_room(struct s3_pipe *sp, size_t rec_len)
  * up first.  The header of a record is decrypted once, except when the
  * record is split or does not fit the batch.
  *
- * Returns the number of records consumed (check sp->dead after), 0 when
+ * Returns the number of records consumed (check sp->dp.dead after), 0 when
  * the next one is not all here yet, or a negative s3 status.  A failure
  * after some records still delivers those; the next call reports it.
  */
@@ -520,11 +417,14 @@ compact(struct evbuffer *src)
         evbuffer_pullup(src, (ev_ssize_t)have);
 }
 
-static enum rx_result
-rx_records(struct s3_pipe *sp)
+static dp_step_fn rx_records;
+
+static int
+rx_records(void *owner)
 {
+    struct s3_pipe *sp = owner;
     struct evbuffer *src = bufferevent_get_input(sp->lbev);
-    struct evbuffer *dst = bufferevent_get_output(sp->mine);
+    struct evbuffer *dst = bufferevent_get_output(sp->dp.mine);
     int r;
 
     for (;;) {
@@ -534,7 +434,7 @@ rx_records(struct s3_pipe *sp)
             return RX_BLOCKED;
         }
         r = rx_batch(sp, src, dst);
-        if (sp->dead)
+        if (sp->dp.dead)
             return RX_STOP;
         if (r == 0) {
             compact(src);
@@ -548,28 +448,20 @@ rx_records(struct s3_pipe *sp)
 }
 
 /* Opens what the lower input holds; may run the user's callbacks. */
-static void
-rx_pump(struct s3_pipe *sp)
-{
-    enum rx_result res;
+static dp_pump_fn rx_pump;
 
-    if (sp->dead || sp->rx_failed)
+static void
+rx_pump(void *owner)
+{
+    struct s3_pipe *sp = owner;
+
+    if (sp->dp.dead || sp->rx_failed)
         return;
-    if (sp->rx_busy) {
-        sp->rx_again = 1;
-        return;
-    }
-    sp->rx_busy = 1;
-    do {
-        sp->rx_again = 0;
-        res = rx_records(sp);
-    } while (res != RX_STOP && sp->rx_again);
-    if (sp->dead)
-        return;
-    sp->rx_busy = 0;
     /* A partial record at EOF is dropped silently (spec §7.3). */
-    if (res == RX_INCOMPLETE && sp->lower_eof)
-        deliver_eof(sp);
+    if (dp_run(&sp->dp, &sp->rx_run, rx_records, sp, RX_STOP) ==
+            RX_INCOMPLETE &&
+        sp->lower_eof)
+        dp_eof(&sp->dp);
 }
 
 static void
@@ -582,7 +474,7 @@ tx_fail(struct s3_pipe *sp, int r)
     sp->h->error_set(&e, r == S3_ENOMEM ? SL_ENOMEM : SL_EPROTO, LAYER,
                      "sealing a record: %s", s3_strerror(r));
     sp->h->pipe_set_error(sp->pipe, &e);
-    deliver_error(sp, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
+    dp_error(&sp->dp, BEV_EVENT_WRITING | BEV_EVENT_ERROR);
 }
 
 /*
@@ -594,10 +486,13 @@ tx_fail(struct s3_pipe *sp, int r)
  * most, and committed together.
  * Returns false when sp died or failed.
  */
-static bool
-tx_records(struct s3_pipe *sp)
+static dp_step_fn tx_records;
+
+static int
+tx_records(void *owner)
 {
-    struct evbuffer *src = bufferevent_get_input(sp->mine);
+    struct s3_pipe *sp = owner;
+    struct evbuffer *src = bufferevent_get_input(sp->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(sp->lbev);
     size_t len;
 
@@ -664,10 +559,10 @@ tx_records(struct s3_pipe *sp)
          * error from below, the user's write callback). */
         room.iov_len = used;
         evbuffer_commit_space(dst, &room, 1);
-        if (sp->dead || sp->tx_failed)
+        if (sp->dp.dead || sp->tx_failed)
             return false;
         evbuffer_drain(src, taken);
-        if (sp->dead)
+        if (sp->dp.dead)
             return false;
     }
     return true;
@@ -676,79 +571,41 @@ tx_records(struct s3_pipe *sp)
 static void
 maybe_shutdown(struct s3_pipe *sp)
 {
-    if (!sp->shut_pending || sp->shut_done || sp->dead ||
-        evbuffer_get_length(bufferevent_get_input(sp->mine)) > 0)
+    if (!sp->shut_pending || sp->shut_done || sp->dp.dead ||
+        evbuffer_get_length(bufferevent_get_input(sp->dp.mine)) > 0)
         return;
     /* sosistab3 has no close record: end the lower pipe's sending. */
     sp->shut_done = 1;
     sp->h->pipe_shutdown_write(sp->lower);
 }
 
-static void
-tx_pump(struct s3_pipe *sp)
-{
-    bool ok;
+static dp_pump_fn tx_pump;
 
-    if (sp->dead || sp->tx_failed)
+static void
+tx_pump(void *owner)
+{
+    struct s3_pipe *sp = owner;
+
+    if (sp->dp.dead || sp->tx_failed)
         return;
-    if (sp->tx_busy) {
-        sp->tx_again = 1;
-        return;
-    }
-    sp->tx_busy = 1;
-    do {
-        sp->tx_again = 0;
-        ok = tx_records(sp);
-    } while (ok && sp->tx_again);
-    if (sp->dead)
-        return;
-    sp->tx_busy = 0;
-    if (ok)
+    if (dp_run(&sp->dp, &sp->tx_run, tx_records, sp, false) > 0)
         maybe_shutdown(sp);
 }
 
-/* Records to open: the lower input has data (lower's read callback), or
- * the user read and mine.output drained to its low watermark (mine's
- * write callback). */
-static void
-rx_ready(struct bufferevent *bev, void *arg)
-{
-    struct s3_pipe *sp = arg;
-
-    (void)bev;
-    sp->busy++;
-    rx_pump(sp);
-    leave(sp);
-}
-
-/* Records to seal: the user wrote into mine.input (mine's read callback),
- * or the lower output drained (lower's write callback). */
-static void
-tx_ready(struct bufferevent *bev, void *arg)
-{
-    struct s3_pipe *sp = arg;
-
-    (void)bev;
-    sp->busy++;
-    tx_pump(sp);
-    leave(sp);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
+lower_event(void *owner, short what)
 {
-    struct s3_pipe *sp = arg;
+    struct s3_pipe *sp = owner;
 
-    (void)bev;
-    sp->busy++;
     if (what & BEV_EVENT_EOF) {
         sp->lower_eof = 1;
         rx_pump(sp);
     } else if (what & BEV_EVENT_ERROR) {
         /* The layer below recorded why (pipe_set_error). */
-        deliver_error(sp, what);
+        dp_error(&sp->dp, what);
     }
-    leave(sp);
 }
 
 
@@ -761,7 +618,7 @@ s3_shutdown_write(void *layer_ctx, struct sl_pipe *p)
     /* The user's output is empty; what the pair moved to us may still
      * wait for room below: tx_pump shuts down after it. */
     sp->shut_pending = 1;
-    if (!sp->tx_busy)
+    if (!sp->tx_run.busy)
         maybe_shutdown(sp);
     return 0;
 }
@@ -782,13 +639,7 @@ s3_pipe_destroy(void *layer_ctx)
     struct s3_pipe *sp = layer_ctx;
 
     /* The core frees the lower pipe right after: detach from it now. */
-    if (!sp->dead) {
-        bufferevent_setcb(sp->lbev, NULL, NULL, NULL, NULL);
-        bufferevent_setcb(sp->mine, NULL, NULL, NULL, NULL);
-    }
-    sp->dead = 1;
-    if (sp->busy == 0)
-        sp_free(sp);
+    dp_destroy(&sp->dp, sp->lbev);
 }
 
 static const struct sl_pipe_ops s3_pipe_ops = {
@@ -811,7 +662,6 @@ pipe_make(const struct s3_params *par, enum sl_role role,
 {
     const struct sl_host *h = par->h;
     struct s3_pipe *sp = calloc(1, sizeof(*sp));
-    struct bufferevent *pair[2] = { NULL, NULL };
     struct sl_pipe *p;
 
     if (sp == NULL) {
@@ -831,29 +681,20 @@ pipe_make(const struct s3_params *par, enum sl_role role,
     sp->obfs_lengths = par->obfs_lengths;
     sp->lower = lower;
     sp->lbev = h->pipe_get0_bev(lower);
-    sp->owed_ev = evtimer_new(base, owed_cb, sp);
-    if (sp->owed_ev == NULL || bufferevent_pair_new(base, 0, pair) != 0) {
+    if (dp_init(&sp->dp, base, sp_free, sp) != 0) {
         sp_free(sp);
         h->pipe_free(lower);
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
     }
-    sp->mine = pair[0];
-    sp->user = pair[1];
-    bufferevent_setcb(sp->mine, tx_ready, rx_ready, NULL, sp);
-    bufferevent_setwatermark(sp->mine, EV_READ, 0, TX_PULL);
-    /* Decrypt more once the user has taken half of the backlog. */
-    bufferevent_setwatermark(sp->mine, EV_WRITE, sp->read_buffer / 2, 0);
-    bufferevent_enable(sp->mine, EV_READ | EV_WRITE);
-    /* The user may raise its own bound. */
-    bufferevent_setwatermark(sp->user, EV_READ, 0, sp->read_buffer);
-    bufferevent_setcb(sp->lbev, rx_ready, tx_ready, lower_eventcb,
-                      sp);
-    /* Seal more once the layer below has sent half of the backlog. */
-    bufferevent_setwatermark(sp->lbev, EV_WRITE, TX_QUEUE / 2, 0);
-    bufferevent_enable(sp->lbev, EV_READ | EV_WRITE);
+    /* Decrypt more once the user has taken half of the backlog; seal
+     * more once the layer below has sent half of its. */
+    dp_wire(&sp->dp, sp->lbev, &(const struct dp_wiring){
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_PULL, .read_buffer = sp->read_buffer,
+                .queue = TX_QUEUE });
     /* Consumes the user end and lower, and destroys sp on failure. */
-    p = h->pipe_new(LAYER, pair[1], lower, &s3_pipe_ops, sp);
+    p = h->pipe_new(LAYER, sp->dp.user, lower, &s3_pipe_ops, sp);
     if (p == NULL) {
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
@@ -868,9 +709,7 @@ pipe_make(const struct s3_params *par, enum sl_role role,
 static void
 pipe_start(struct s3_pipe *sp)
 {
-    sp->busy++;
-    rx_pump(sp);
-    leave(sp);
+    dp_rx(&sp->dp);
 }
 
 /* ---- the handshake ------------------------------------------------------- */
@@ -1202,7 +1041,7 @@ hs_eventcb(struct bufferevent *bev, short what, void *arg)
     hs_process(w);
     if (w->state == HS_DONE && w->sp != NULL) {
         /* Finished with the last bytes: the event is the pipe's. */
-        lower_eventcb(bev, what, w->sp);
+        dp_lower_event(&w->sp->dp, what);
         return;
     }
     if (what & BEV_EVENT_EOF)

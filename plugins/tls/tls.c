@@ -26,9 +26,9 @@
  * lower input is fed to OpenSSL 64 KiB at a time, only when it wants more;
  * encrypting stops while the lower output holds TX_QUEUE bytes.
  *
- * Re-entrancy is handled as in hex.c: entry points count themselves in
- * busy, destroy under busy only marks the pipe dead, and the pumps guard
- * against their own recursion.
+ * Re-entrancy is handled as in hex.c (common/drivenpair.h): entry points
+ * count themselves in, destroy inside one only marks the pipe dead, and
+ * the pumps guard against their own recursion.
  */
 #include "config.h"
 
@@ -52,6 +52,7 @@
 #include <openssl/x509v3.h>
 
 #include "sillad/plugin.h"
+#include "drivenpair.h"
 #include "tls-cert.h"
 
 #define LAYER "tls"
@@ -59,8 +60,6 @@
 #define TX_QUEUE (256 * 1024)      /* ciphertext waiting below */
 #define RX_FEED (64 * 1024)        /* ciphertext given to OpenSSL at once */
 #define RX_CHUNK 16384             /* plaintext taken per SSL_read */
-#define OWED_RETRY_MS 1
-#define OWED_RETRY_MAX_MS 1000
 
 enum verify_mode { V_NONE, V_SYSTEM, V_CAFILE, V_PIN };
 
@@ -493,19 +492,13 @@ struct tls_pipe {
     const struct sl_host *h;
     struct sl_pipe *pipe;
     struct sl_pipe *lower;
-    struct bufferevent *lbev, *mine, *user;
-    struct event *owed_ev;
+    struct bufferevent *lbev;
+    struct dp dp;                /* the pair: mine, user; busy, dead */
     SSL *ssl;
     BIO *rbio, *wbio;            /* owned by ssl */
     size_t read_buffer;
-    short owed;
-    int owed_ms;
-    int busy;
-    unsigned dead : 1;
-    unsigned rx_busy : 1, rx_again : 1;
-    unsigned tx_busy : 1, tx_again : 1;
+    struct dp_dir rx_run, tx_run; /* each direction's pump (dp_run) */
     unsigned lower_eof : 1, rx_ended : 1, tx_failed : 1;
-    unsigned eof_done : 1, err_done : 1;
     unsigned shut_pending : 1, shut_done : 1;
 };
 
@@ -552,98 +545,13 @@ feed_rbio(BIO *rbio, struct evbuffer *src, size_t max)
 }
 
 static void
-tp_free(struct tls_pipe *tp)
+tp_free(void *owner)
 {
-    if (tp->owed_ev != NULL)
-        event_free(tp->owed_ev);
-    if (tp->mine != NULL)
-        bufferevent_free(tp->mine);
+    struct tls_pipe *tp = owner;
+
+    dp_fini(&tp->dp);
     SSL_free(tp->ssl);
     free(tp);
-}
-
-static bool
-leave(struct tls_pipe *tp)
-{
-    if (--tp->busy == 0 && tp->dead) {
-        tp_free(tp);
-        return true;
-    }
-    return false;
-}
-
-static bool
-user_listens(struct tls_pipe *tp)
-{
-    bufferevent_event_cb cb = NULL;
-
-    bufferevent_getcb(tp->user, NULL, NULL, &cb, NULL);
-    return cb != NULL;
-}
-
-/* An event found before the user set callbacks is kept and retried. */
-static void
-owe(struct tls_pipe *tp, short what)
-{
-    struct timeval tv;
-
-    tp->owed |= what;
-    if (evtimer_pending(tp->owed_ev, NULL))
-        return;
-    tp->owed_ms = tp->owed_ms == 0 ? OWED_RETRY_MS : tp->owed_ms * 2;
-    if (tp->owed_ms > OWED_RETRY_MAX_MS)
-        tp->owed_ms = OWED_RETRY_MAX_MS;
-    tv.tv_sec = tp->owed_ms / 1000;
-    tv.tv_usec = (tp->owed_ms % 1000) * 1000;
-    evtimer_add(tp->owed_ev, &tv);
-}
-
-static void
-deliver_eof(struct tls_pipe *tp)
-{
-    if (tp->eof_done)
-        return;
-    if (!user_listens(tp)) {
-        owe(tp, BEV_EVENT_EOF | BEV_EVENT_READING);
-        return;
-    }
-    tp->eof_done = 1;
-    bufferevent_flush(tp->mine, EV_WRITE, BEV_FINISHED);
-}
-
-static void
-deliver_error(struct tls_pipe *tp, short what)
-{
-    if (tp->err_done)
-        return;
-    if (!user_listens(tp)) {
-        owe(tp, what);
-        return;
-    }
-    tp->err_done = 1;
-    bufferevent_trigger_event(tp->user, what, 0);
-}
-
-static void
-owed_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct tls_pipe *tp = arg;
-    short owed = tp->owed;
-
-    (void)fd;
-    (void)what;
-    if (!user_listens(tp)) {
-        owe(tp, 0);
-        return;
-    }
-    tp->owed = 0;
-    tp->owed_ms = 0;
-    tp->busy++;
-    if (owed & BEV_EVENT_EOF)
-        deliver_eof(tp);
-    if (!tp->dead && (owed & BEV_EVENT_ERROR))
-        deliver_error(tp, owed & ~BEV_EVENT_EOF);
-    leave(tp);
 }
 
 /* The pipe failed: records why and tells the user. */
@@ -667,15 +575,18 @@ tp_fail(struct tls_pipe *tp, short what, int code, const char *fmt, ...)
     tp->rx_ended = 1;
     tp->tx_failed = 1;
     bufferevent_disable(tp->lbev, EV_READ);
-    deliver_error(tp, what | BEV_EVENT_ERROR);
+    dp_error(&tp->dp, what | BEV_EVENT_ERROR);
 }
 
 /* Decrypts into mine.output.  Returns false once receiving has ended. */
-static bool
-rx_decrypt(struct tls_pipe *tp)
+static dp_step_fn rx_decrypt;
+
+static int
+rx_decrypt(void *owner)
 {
+    struct tls_pipe *tp = owner;
     struct evbuffer *src = bufferevent_get_input(tp->lbev);
-    struct evbuffer *dst = bufferevent_get_output(tp->mine);
+    struct evbuffer *dst = bufferevent_get_output(tp->dp.mine);
 
     for (;;) {
         struct evbuffer_iovec room;
@@ -698,12 +609,12 @@ rx_decrypt(struct tls_pipe *tp)
             tp_fail(tp, BEV_EVENT_READING, SL_ENOMEM, "out of memory");
             return false;
         }
-        if (tp->dead)
+        if (tp->dp.dead)
             return false;
         if (r == 1) {
             room.iov_len = n;
             evbuffer_commit_space(dst, &room, 1);
-            if (tp->dead)
+            if (tp->dp.dead)
                 return false;
             continue;
         }
@@ -717,13 +628,13 @@ rx_decrypt(struct tls_pipe *tp)
             tp->h->log(SL_LOG_INFO, LAYER, "connection closed without "
                        "close_notify");
             tp->rx_ended = 1;
-            deliver_eof(tp);
+            dp_eof(&tp->dp);
             return false;
         }
         if (err == SSL_ERROR_ZERO_RETURN) {
             /* close_notify: the peer ended its sending. */
             tp->rx_ended = 1;
-            deliver_eof(tp);
+            dp_eof(&tp->dp);
             return false;
         }
         {
@@ -736,22 +647,16 @@ rx_decrypt(struct tls_pipe *tp)
     }
 }
 
+static dp_pump_fn rx_pump;
+
 static void
-rx_pump(struct tls_pipe *tp)
+rx_pump(void *owner)
 {
-    if (tp->dead || tp->rx_ended)
+    struct tls_pipe *tp = owner;
+
+    if (tp->dp.dead || tp->rx_ended)
         return;
-    if (tp->rx_busy) {
-        tp->rx_again = 1;
-        return;
-    }
-    tp->rx_busy = 1;
-    do {
-        tp->rx_again = 0;
-    } while (rx_decrypt(tp) && tp->rx_again);
-    if (tp->dead)
-        return;
-    tp->rx_busy = 0;
+    dp_run(&tp->dp, &tp->rx_run, rx_decrypt, tp, false);
 }
 
 /* After the user shut down and everything it wrote is encrypted: send
@@ -759,8 +664,8 @@ rx_pump(struct tls_pipe *tp)
 static void
 maybe_shutdown(struct tls_pipe *tp)
 {
-    if (!tp->shut_pending || tp->shut_done || tp->dead || tp->tx_failed ||
-        evbuffer_get_length(bufferevent_get_input(tp->mine)) > 0)
+    if (!tp->shut_pending || tp->shut_done || tp->dp.dead || tp->tx_failed ||
+        evbuffer_get_length(bufferevent_get_input(tp->dp.mine)) > 0)
         return;
     tp->shut_done = 1;
     ERR_clear_error();
@@ -770,14 +675,17 @@ maybe_shutdown(struct tls_pipe *tp)
         tp_fail(tp, BEV_EVENT_WRITING, SL_ENOMEM, "out of memory");
         return;
     }
-    if (!tp->dead)
+    if (!tp->dp.dead)
         tp->h->pipe_shutdown_write(tp->lower);
 }
 
-static bool
-tx_encrypt(struct tls_pipe *tp)
+static dp_step_fn tx_encrypt;
+
+static int
+tx_encrypt(void *owner)
 {
-    struct evbuffer *src = bufferevent_get_input(tp->mine);
+    struct tls_pipe *tp = owner;
+    struct evbuffer *src = bufferevent_get_input(tp->dp.mine);
     struct evbuffer *dst = bufferevent_get_output(tp->lbev);
     size_t len;
 
@@ -807,96 +715,41 @@ tx_encrypt(struct tls_pipe *tp)
             tp_fail(tp, BEV_EVENT_WRITING, SL_ENOMEM, "out of memory");
             return false;
         }
-        if (tp->dead)
+        if (tp->dp.dead)
             return false;
         evbuffer_drain(src, done);
-        if (tp->dead)
+        if (tp->dp.dead)
             return false;
     }
     return true;
 }
 
-static void
-tx_pump(struct tls_pipe *tp)
-{
-    bool ok;
+static dp_pump_fn tx_pump;
 
-    if (tp->dead || tp->tx_failed)
+static void
+tx_pump(void *owner)
+{
+    struct tls_pipe *tp = owner;
+
+    if (tp->dp.dead || tp->tx_failed)
         return;
-    if (tp->tx_busy) {
-        tp->tx_again = 1;
-        return;
-    }
-    tp->tx_busy = 1;
-    do {
-        tp->tx_again = 0;
-        ok = tx_encrypt(tp);
-    } while (ok && tp->tx_again);
-    if (tp->dead)
-        return;
-    tp->tx_busy = 0;
-    if (ok)
+    if (dp_run(&tp->dp, &tp->tx_run, tx_encrypt, tp, false) > 0)
         maybe_shutdown(tp);
 }
 
-static void
-lower_readcb(struct bufferevent *bev, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    tp->busy++;
-    rx_pump(tp);
-    leave(tp);
-}
+static dp_event_fn lower_event;
 
 static void
-lower_writecb(struct bufferevent *bev, void *arg)
+lower_event(void *owner, short what)
 {
-    struct tls_pipe *tp = arg;
+    struct tls_pipe *tp = owner;
 
-    (void)bev;
-    tp->busy++;
-    tx_pump(tp);
-    leave(tp);
-}
-
-static void
-lower_eventcb(struct bufferevent *bev, short what, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    tp->busy++;
     if (what & BEV_EVENT_EOF) {
         tp->lower_eof = 1;
         rx_pump(tp);
     } else if (what & BEV_EVENT_ERROR) {
-        deliver_error(tp, what);   /* the layer below recorded why */
+        dp_error(&tp->dp, what);   /* the layer below recorded why */
     }
-    leave(tp);
-}
-
-static void
-mine_readcb(struct bufferevent *bev, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    tp->busy++;
-    tx_pump(tp);
-    leave(tp);
-}
-
-static void
-mine_writecb(struct bufferevent *bev, void *arg)
-{
-    struct tls_pipe *tp = arg;
-
-    (void)bev;
-    tp->busy++;
-    rx_pump(tp);
-    leave(tp);
 }
 
 static int
@@ -906,7 +759,7 @@ tls_shutdown_write(void *layer_ctx, struct sl_pipe *p)
 
     (void)p;
     tp->shut_pending = 1;
-    if (!tp->tx_busy)
+    if (!tp->tx_run.busy)
         maybe_shutdown(tp);
     return 0;
 }
@@ -927,13 +780,7 @@ tls_destroy(void *layer_ctx)
 {
     struct tls_pipe *tp = layer_ctx;
 
-    if (!tp->dead) {
-        bufferevent_setcb(tp->lbev, NULL, NULL, NULL, NULL);
-        bufferevent_setcb(tp->mine, NULL, NULL, NULL, NULL);
-    }
-    tp->dead = 1;
-    if (tp->busy == 0)
-        tp_free(tp);
+    dp_destroy(&tp->dp, tp->lbev);
 }
 
 static const struct sl_pipe_ops tls_pipe_ops = {
@@ -950,11 +797,9 @@ pipe_make(const struct sl_host *h, size_t read_buffer,
           struct tls_pipe **tpp, struct sl_error *e)
 {
     struct tls_pipe *tp = calloc(1, sizeof(*tp));
-    struct bufferevent *pair[2] = { NULL, NULL };
     struct sl_pipe *p;
 
-    if (tp == NULL || (tp->owed_ev = evtimer_new(base, owed_cb, tp)) == NULL ||
-        bufferevent_pair_new(base, 0, pair) != 0) {
+    if (tp == NULL || dp_init(&tp->dp, base, tp_free, tp) != 0) {
         if (tp != NULL)
             tp_free(tp);
         SSL_free(ssl);
@@ -969,18 +814,11 @@ pipe_make(const struct sl_host *h, size_t read_buffer,
     tp->read_buffer = read_buffer;
     tp->lower = lower;
     tp->lbev = h->pipe_get0_bev(lower);
-    tp->mine = pair[0];
-    tp->user = pair[1];
-    bufferevent_setcb(tp->mine, mine_readcb, mine_writecb, NULL, tp);
-    bufferevent_setwatermark(tp->mine, EV_READ, 0, TX_QUEUE);
-    bufferevent_setwatermark(tp->mine, EV_WRITE, read_buffer / 2, 0);
-    bufferevent_enable(tp->mine, EV_READ | EV_WRITE);
-    bufferevent_setwatermark(tp->user, EV_READ, 0, read_buffer);
-    bufferevent_setcb(tp->lbev, lower_readcb, lower_writecb, lower_eventcb,
-                      tp);
-    bufferevent_setwatermark(tp->lbev, EV_WRITE, TX_QUEUE / 2, 0);
-    bufferevent_enable(tp->lbev, EV_READ | EV_WRITE);
-    p = h->pipe_new(LAYER, pair[1], lower, &tls_pipe_ops, tp);
+    dp_wire(&tp->dp, tp->lbev, &(const struct dp_wiring){
+                .rx = rx_pump, .tx = tx_pump, .lower_event = lower_event,
+                .take = TX_QUEUE, .read_buffer = read_buffer,
+                .queue = TX_QUEUE });
+    p = h->pipe_new(LAYER, tp->dp.user, lower, &tls_pipe_ops, tp);
     if (p == NULL) {
         h->error_set(e, SL_ENOMEM, LAYER, "out of memory");
         return NULL;
@@ -1058,9 +896,7 @@ wrap_deliver(evutil_socket_t fd, short what, void *arg)
     } else if (p != NULL) {
         /* Records that came right behind the handshake are decrypted
          * now; the user has no callbacks yet, so nothing calls back. */
-        w->tp->busy++;
-        rx_pump(w->tp);
-        leave(w->tp);
+        dp_rx(&w->tp->dp);
     }
     drop_lower(w);
     wrap_free(w);
@@ -1213,7 +1049,7 @@ hs_eventcb(struct bufferevent *bev, short what, void *arg)
         hs_process(w);
     if (w->tp != NULL) {
         /* Done with the last bytes: the event is the pipe's. */
-        lower_eventcb(bev, what, w->tp);
+        dp_lower_event(&w->tp->dp, what);
         return;
     }
     hs_fail(w, SL_ECLOSED, "connection %s during the handshake",

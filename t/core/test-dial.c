@@ -234,6 +234,58 @@ test_hold(void)
     event_base_free(base);
 }
 
+/* A new pipe is held until someone sets its callbacks, and an owner that
+ * sets them directly (a layer above: bufferevent_setcb) still gets what
+ * came before, once, from the loop.  A pipe handed over without
+ * callbacks is held again. */
+static void
+test_hold_direct(void)
+{
+    struct event_base *base = event_base_new();
+    struct bufferevent *pair[2];
+    struct sl_pipe *p;
+    short got = 0;
+    int64_t end;
+
+    CU_ASSERT_FATAL(bufferevent_pair_new(base, BEV_OPT_CLOSE_ON_FREE, pair)
+                    == 0);
+    p = sl_pipe_new("test", pair[0], NULL, NULL, NULL);
+    CU_ASSERT_FATAL(p != NULL);
+    bufferevent_flush(pair[1], EV_WRITE, BEV_FINISHED);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    bufferevent_setcb(pair[0], NULL, NULL, count_eventcb, &got);
+    CU_ASSERT_EQUAL(got, 0);
+    end = sl_now_ms() + 3000;
+    while (got == 0 && sl_now_ms() < end)
+        event_base_loop(base, EVLOOP_ONCE);
+    CU_ASSERT(got & BEV_EVENT_EOF);
+    /* Once only. */
+    got = 0;
+    end = sl_now_ms() + 20;
+    while (sl_now_ms() < end)
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    CU_ASSERT_EQUAL(got, 0);
+    /* Handed over without callbacks: held again, raised for sl_pipe_setcb. */
+    bufferevent_setcb(pair[0], NULL, NULL, NULL, NULL);
+    core_pipe_handover(p);
+    bufferevent_trigger_event(pair[0], BEV_EVENT_ERROR | BEV_EVENT_READING,
+                              BEV_TRIG_DEFER_CALLBACKS);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CU_ASSERT_EQUAL(got, 0);
+    sl_pipe_setcb(p, NULL, NULL, count_eventcb, &got);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CU_ASSERT_EQUAL(got, BEV_EVENT_ERROR | BEV_EVENT_READING);
+    /* An owner's callbacks are left alone. */
+    got = 0;
+    core_pipe_handover(p);
+    bufferevent_trigger_event(pair[0], BEV_EVENT_EOF, 0);
+    event_base_loop(base, EVLOOP_NONBLOCK);
+    CU_ASSERT_EQUAL(got, BEV_EVENT_EOF);
+    sl_pipe_free(p);
+    bufferevent_free(pair[1]);
+    event_base_free(base);
+}
+
 struct kept {
     struct sl_pipe *p;
     int done;
@@ -341,6 +393,8 @@ main(void)
         { "cancel at every point, exactly once", test_cancel },
         { "tcp dial and listen", test_tcp },
         { "events held between handshake and owner", test_hold },
+        { "events held for an owner that sets callbacks directly",
+          test_hold_direct },
         { "a closed tcp pipe still sends what it accepted", test_tcp_linger },
         { NULL, NULL },
     };

@@ -52,11 +52,13 @@
 #include "e2e-wire.h"
 #include "sillad.h"
 #include "stdcode.h"
+/* The handshakes here run longer than the harness waits by default. */
+#define WH_WAIT_MS 5000
+#include "wrap-harness.h"
 
 const struct sl_plugin *sl_plugin_e2e_describe(void);
 
 #define HARD_LIMIT_S 240
-#define WAIT_MS 5000
 
 /* §10.2 / §10.3 values. */
 #define HEX_SS "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742"
@@ -107,40 +109,6 @@ dump_diff(const char *what, const uint8_t *got, const uint8_t *want,
 static uint8_t sign_sk[64], sign_pk[32];   /* the test exit's key pair */
 static char tmpdir[256];
 
-/* ---- the loop ------------------------------------------------------------ */
-
-static struct event_base *base;
-
-typedef bool cond_fn(void *arg);
-
-static bool
-run_until(cond_fn *cond, void *arg, int ms)
-{
-    int64_t end = sl_now_ms() + ms;
-    struct timeval tv = { 0, 2000 };
-
-    while (!cond(arg)) {
-        if (sl_now_ms() >= end)
-            return false;
-        event_base_loopexit(base, &tv);
-        event_base_dispatch(base);
-    }
-    return true;
-}
-
-static bool
-never(void *arg)
-{
-    (void)arg;
-    return false;
-}
-
-static void
-run_for(int ms)
-{
-    run_until(never, NULL, ms);
-}
-
 /* ---- hooks ---------------------------------------------------------------- */
 
 static struct {
@@ -185,9 +153,6 @@ static const struct e2e_test_hooks hooks = {
 
 /* ---- the layer ----------------------------------------------------------- */
 
-static const struct sl_layer_ops *ops;
-static void *plugin_ctx;
-
 /* A configured layer from "key", "value" pairs (NULL-terminated); NULL
  * with *e set when configuration fails. */
 static void *
@@ -204,8 +169,8 @@ layer_cfg_e(struct sl_error *e, ...)
     while ((k = va_arg(ap, const char *)) != NULL)
         CU_ASSERT_FATAL(sl_opts_add(o, k, va_arg(ap, const char *), e) == 0);
     va_end(ap);
-    if (sl_opts_check(o, ops->opts, "e2e", e) == 0 &&
-        ops->configure(sl_host_get(), plugin_ctx, o, &cfg, e) != 0)
+    if (sl_opts_check(o, wh_ops->opts, "e2e", e) == 0 &&
+        wh_ops->configure(sl_host_get(), wh_plugin_ctx, o, &cfg, e) != 0)
         cfg = NULL;
     sl_opts_free(o);
     return cfg;
@@ -229,331 +194,42 @@ write_test_key(void)
     close(fd);
 }
 
-struct wres {
-    int calls;
-    bool in_call, inside;
-    struct sl_pipe *p;
-    struct sl_error err;
-};
-
-static void
-wrap_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
-{
-    struct wres *w = arg;
-
-    w->calls++;
-    w->inside |= w->in_call;
-    if (p != NULL && w->p == NULL)
-        w->p = p;
-    else
-        sl_pipe_free(p);
-    if (err != NULL)
-        w->err = *err;
-}
-
-static bool
-wres_called(void *arg)
-{
-    return ((struct wres *)arg)->calls > 0;
-}
-
-static void
-start_wrap(void *cfg, struct sl_pipe *lower, enum sl_role role,
-           struct wres *w)
-{
-    struct sl_error e;
-    void *op;
-
-    sl_error_clear(&e);
-    memset(w, 0, sizeof(*w));
-    w->in_call = true;
-    CU_ASSERT_FATAL(ops->wrap(cfg, base, lower, role, wrap_done, w, &op,
-                              &e) == 0);
-    w->in_call = false;
-}
-
-/* ---- a pipe's user ------------------------------------------------------- */
-
-struct user {
-    struct evbuffer *in;
-    bool eof, error;
-};
-
-static void
-user_read(struct bufferevent *bev, void *arg)
-{
-    struct user *u = arg;
-
-    evbuffer_add_buffer(u->in, bufferevent_get_input(bev));
-}
-
-static void
-user_event(struct bufferevent *bev, short what, void *arg)
-{
-    struct user *u = arg;
-
-    user_read(bev, arg);
-    if (what & BEV_EVENT_EOF)
-        u->eof = true;
-    if (what & BEV_EVENT_ERROR)
-        u->error = true;
-}
-
-static void
-user_attach(struct user *u, struct sl_pipe *p)
-{
-    memset(u, 0, sizeof(*u));
-    u->in = evbuffer_new();
-    sl_pipe_setcb(p, user_read, NULL, user_event, u);
-    bufferevent_enable(sl_pipe_get0_bev(p), EV_READ | EV_WRITE);
-}
-
-static void
-user_free(struct user *u)
-{
-    evbuffer_free(u->in);
-    u->in = NULL;
-}
-
-struct want {
-    struct user *u;
-    size_t n;
-};
-
-static bool
-user_has(void *arg)
-{
-    struct want *w = arg;
-
-    return evbuffer_get_length(w->u->in) >= w->n || w->u->error ||
-           w->u->eof;
-}
-
-static bool
-user_ended(void *arg)
-{
-    struct user *u = arg;
-
-    return u->eof || u->error;
-}
-
-/* ---- the raw peer -------------------------------------------------------- */
-
-enum raw_kind { RAW_FD, RAW_BEV };
-
-struct raw {
-    enum raw_kind kind;
-    int fd;
-    struct bufferevent *bev;
-    struct evbuffer *acc;
-    bool eof;
-    uint8_t ss[32];          /* what the lower pipe says it shares */
-    bool has_ss;
-};
-
-static void
-raw_bev_event(struct bufferevent *bev, short what, void *arg)
-{
-    struct raw *r = arg;
-
-    (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-        r->eof = true;
-}
-
-static void
-raw_pump(struct raw *r)
-{
-    if (r->kind == RAW_BEV) {
-        evbuffer_add_buffer(r->acc, bufferevent_get_input(r->bev));
-        return;
-    }
-    while (!r->eof) {
-        char buf[4096];
-        ssize_t n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT);
-
-        if (n > 0) {
-            evbuffer_add(r->acc, buf, (size_t)n);
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        r->eof = true;
-    }
-}
-
-static int
-raw_lower_shutdown(void *layer_ctx, struct sl_pipe *p)
-{
-    struct bufferevent *bev = sl_pipe_get0_bev(p);
-
-    (void)layer_ctx;
-    if (bufferevent_getfd(bev) >= 0)
-        shutdown(bufferevent_getfd(bev), SHUT_WR);
-    else
-        bufferevent_flush(bev, EV_WRITE, BEV_FINISHED);
-    return 0;
-}
-
-/* The lower pipe answers SL_Q_SHARED_SECRET when the raw peer says so. */
-static int
-raw_lower_query(void *layer_ctx, int what, void *out, size_t *len)
-{
-    struct raw *r = layer_ctx;
-
-    if (what != SL_Q_SHARED_SECRET)
-        return SL_ENOTSUP;
-    if (!r->has_ss)
-        return SL_ENOENT;
-    if (*len < 32)
-        return SL_EINVAL;
-    memcpy(out, r->ss, 32);
-    *len = 32;
-    return 0;
-}
-
-static const struct sl_pipe_ops raw_lower_ops = {
-    .struct_size = sizeof(struct sl_pipe_ops),
-    .shutdown_write = raw_lower_shutdown,
-    .query = raw_lower_query,
-};
-
+/* A lower pipe over a raw peer that shares ss_hex (32 bytes), if given. */
 static struct sl_pipe *
-raw_new(struct raw *r, enum raw_kind kind, const char *ss_hex)
+raw_new(struct wh_raw *r, enum wh_raw_kind kind, const char *ss_hex)
 {
-    struct bufferevent *bev;
+    struct sl_pipe *p = wh_raw_new(r, kind);
 
-    memset(r, 0, sizeof(*r));
-    r->kind = kind;
-    r->fd = -1;
-    r->acc = evbuffer_new();
-    if (ss_hex != NULL) {
-        unhex(ss_hex, r->ss, 32);
-        r->has_ss = true;
-    }
-    if (kind == RAW_FD) {
-        int sv[2];
-
-        CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
-        evutil_make_socket_nonblocking(sv[0]);
-        evutil_make_socket_nonblocking(sv[1]);
-        r->fd = sv[1];
-        bev = bufferevent_socket_new(base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-    } else {
-        struct bufferevent *pair[2];
-
-        CU_ASSERT_FATAL(bufferevent_pair_new(base, 0, pair) == 0);
-        bev = pair[0];
-        r->bev = pair[1];
-        bufferevent_setcb(r->bev, NULL, NULL, raw_bev_event, r);
-        bufferevent_enable(r->bev, EV_READ | EV_WRITE);
-    }
-    CU_ASSERT_FATAL(bev != NULL);
-    /* r outlives the pipe in every test. */
-    return sl_pipe_new("raw", bev, NULL, &raw_lower_ops, r);
-}
-
-static void
-raw_free(struct raw *r)
-{
-    if (r->fd >= 0)
-        close(r->fd);
-    if (r->bev != NULL)
-        bufferevent_free(r->bev);
-    evbuffer_free(r->acc);
-    memset(r, 0, sizeof(*r));
-    r->fd = -1;
-}
-
-static void
-raw_write(struct raw *r, const void *data, size_t n)
-{
-    if (r->kind == RAW_BEV) {
-        bufferevent_write(r->bev, data, n);
-        return;
-    }
-    while (n > 0) {
-        ssize_t k = send(r->fd, data, n, MSG_NOSIGNAL);
-
-        if (k < 0 && (errno == EAGAIN || errno == EINTR)) {
-            run_for(1);
-            continue;
-        }
-        CU_ASSERT_FATAL(k > 0);
-        data = (const uint8_t *)data + k;
-        n -= (size_t)k;
-    }
-}
-
-static void
-raw_shutdown(struct raw *r)
-{
-    if (r->kind == RAW_BEV)
-        bufferevent_flush(r->bev, EV_WRITE, BEV_FINISHED);
-    else
-        shutdown(r->fd, SHUT_WR);
-}
-
-struct raw_want {
-    struct raw *r;
-    size_t n;
-};
-
-static bool
-raw_has(void *arg)
-{
-    struct raw_want *w = arg;
-
-    raw_pump(w->r);
-    return evbuffer_get_length(w->r->acc) >= w->n || w->r->eof;
-}
-
-static bool
-raw_closed(void *arg)
-{
-    struct raw *r = arg;
-
-    raw_pump(r);
-    return r->eof;
-}
-
-static bool
-raw_read(struct raw *r, uint8_t *out, size_t n)
-{
-    struct raw_want w = { r, n };
-
-    run_until(raw_has, &w, WAIT_MS);
-    if (evbuffer_get_length(r->acc) < n)
-        return false;
-    evbuffer_remove(r->acc, out, n);
-    return true;
+    if (ss_hex != NULL)
+        r->ss_len = unhex(ss_hex, r->ss, 32);
+    return p;
 }
 
 /* Reads one length-prefixed message into out (cap bytes); returns its
  * length, or (size_t)-1. */
 static size_t
-raw_read_msg(struct raw *r, uint8_t *out, size_t cap)
+raw_read_msg(struct wh_raw *r, uint8_t *out, size_t cap)
 {
     uint8_t hdr[4];
     size_t len;
 
-    if (!raw_read(r, hdr, 4))
+    if (!wh_raw_read(r, hdr, 4))
         return (size_t)-1;
     len = (size_t)hdr[0] << 24 | (size_t)hdr[1] << 16 | (size_t)hdr[2] << 8 |
           hdr[3];
-    if (len > cap || !raw_read(r, out, len))
+    if (len > cap || !wh_raw_read(r, out, len))
         return (size_t)-1;
     return len;
 }
 
 static void
-raw_write_msg(struct raw *r, const void *p, size_t n)
+raw_write_msg(struct wh_raw *r, const void *p, size_t n)
 {
     uint8_t hdr[4] = { (uint8_t)(n >> 24), (uint8_t)(n >> 16),
                        (uint8_t)(n >> 8), (uint8_t)n };
 
-    raw_write(r, hdr, 4);
-    raw_write(r, p, n);
+    wh_raw_write(r, hdr, 4);
+    wh_raw_write(r, p, n);
 }
 
 /* An ExitHello for the ClientHello ch, signed with the test key; flip
@@ -739,12 +415,12 @@ test_mac_and_keys(void)
 /* The client, X25519 mode, with pubkey: its ClientHello, then "hello" as
  * the spec's first crypt message; the exit's "world" comes through. */
 static void
-spec_client(enum raw_kind kind)
+spec_client(enum wh_raw_kind kind)
 {
     long pipes0 = sl_pipe_count();
     struct sl_error e;
     void *cfg = layer_cfg_e(&e, "pubkey", HEX_PK, NULL);
-    struct raw r;
+    struct wh_raw r;
     struct sl_pipe *lower = raw_new(&r, kind, NULL);
     struct e2e_client_hello ch;
     struct e2e_exit_inner in;
@@ -752,9 +428,9 @@ spec_client(enum raw_kind kind)
     uint8_t got[200], want[200], e2c[32], c2e[32], dh[32], msg[64];
     uint8_t ss[64];
     size_t n, sslen = sizeof(ss);
-    struct wres w;
-    struct user u;
-    struct want uw;
+    struct wh_wres w;
+    struct wh_user u;
+    struct wh_want uw;
     const char *why;
     char proto[16];
 
@@ -764,7 +440,7 @@ spec_client(enum raw_kind kind)
     memset(fx.sk[SL_ROLE_CLIENT], 0x42, 32);
     fx.dh_set = true;
     unhex(HEX_SS, fx.dh, 32);
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w);
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, NULL);
     n = raw_read_msg(&r, got, sizeof(got));
     CU_ASSERT_FATAL(n == 34);
     CU_ASSERT_FATAL(e2e_client_hello_get(got, n, &ch, &why) == 0);
@@ -772,8 +448,8 @@ spec_client(enum raw_kind kind)
     crypto_scalarmult_base(want, fx.sk[SL_ROLE_CLIENT]);
     CU_ASSERT_BYTES(ch.key, want, 32, "client public key");
     /* Nothing more until the exit answers. */
-    run_for(20);
-    raw_pump(&r);
+    wh_run_for(20);
+    wh_raw_pump(&r);
     CU_ASSERT(evbuffer_get_length(r.acc) == 0 && w.calls == 0);
     memset(&in, 0, sizeof(in));
     in.kind = E2E_EH_X25519;
@@ -793,69 +469,69 @@ spec_client(enum raw_kind kind)
         CU_ASSERT_FATAL(eh.len == 97);
         memcpy(both + 4, eh.buf, 97);
         memcpy(both + 101, msg, 25);
-        raw_write(&r, both, sizeof(both));
+        wh_raw_write(&r, both, sizeof(both));
     }
     sc_enc_free(&eh);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT_FATAL(w.p != NULL);
     CU_ASSERT(w.calls == 1 && !w.inside);
     CU_ASSERT_STRING_EQUAL(sl_pipe_protocol(w.p, proto, sizeof(proto)),
                            "e2e");
     CU_ASSERT_EQUAL(sl_pipe_query(w.p, SL_Q_SHARED_SECRET, ss, &sslen),
                     SL_ENOENT);
-    user_attach(&u, w.p);
+    wh_user_attach(&u, w.p);
     bufferevent_write(sl_pipe_get0_bev(w.p), "hello", 5);
     n = unhex(HEX_HELLO_MSG, want, sizeof(want));
-    CU_ASSERT_FATAL(raw_read(&r, got, n));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, n));
     CU_ASSERT_BYTES(got, want, n, "first crypt message");
     uw.u = &u;
     uw.n = 5;
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
               memcmp(evbuffer_pullup(u.in, -1), "world", 5) == 0);
     /* Half-close: the raw end reads EOF and no empty message. */
     sl_pipe_shutdown_write(w.p);
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
     CU_ASSERT_EQUAL(evbuffer_get_length(r.acc), 0);
     CU_ASSERT(!u.eof && !u.error);
     /* The exit's second message still arrives after our shutdown. */
     e2e_crypt_seal(e2c, 1, "again", 5, msg);
-    raw_write(&r, msg, 25);
+    wh_raw_write(&r, msg, 25);
     uw.n = 10;
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 10);
-    raw_shutdown(&r);
-    CU_ASSERT(run_until(user_ended, &u, WAIT_MS));
+    wh_raw_shutdown(&r);
+    CU_ASSERT(wh_run_until(wh_user_ended, &u, WH_WAIT_MS));
     CU_ASSERT(u.eof && !u.error);
     sl_pipe_free(w.p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
 static void
 test_spec_client_socketpair(void)
 {
-    spec_client(RAW_FD);
+    spec_client(WH_RAW_FD);
 }
 
 static void
 test_spec_client_bevpair(void)
 {
-    spec_client(RAW_BEV);
+    spec_client(WH_RAW_BEV);
 }
 
 /* The exit, X25519 mode: its signed ExitHello (97 bytes behind 00 00 00
  * 61), then the spec's "hello" message opens to "hello". */
 static void
-spec_server(enum raw_kind kind)
+spec_server(enum wh_raw_kind kind)
 {
     long pipes0 = sl_pipe_count();
     struct sl_error e;
     void *cfg;
-    struct raw r;
+    struct wh_raw r;
     struct sl_pipe *lower;
     struct e2e_client_hello ch;
     struct e2e_exit_inner in;
@@ -863,9 +539,9 @@ spec_server(enum raw_kind kind)
     uint8_t got[200], want[200], sig[64], csk[32], c2e[32], e2c[32];
     uint8_t msg[64];
     size_t n;
-    struct wres w;
-    struct user u;
-    struct want uw;
+    struct wh_wres w;
+    struct wh_user u;
+    struct wh_want uw;
     const char *why;
 
     write_test_key();
@@ -877,7 +553,7 @@ spec_server(enum raw_kind kind)
     memset(fx.sk[SL_ROLE_SERVER], 0x24, 32);
     fx.dh_set = true;
     unhex(HEX_SS, fx.dh, 32);
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, NULL);
     memset(&ch, 0, sizeof(ch));
     ch.kind = E2E_CH_X25519;
     memset(csk, 0x42, 32);
@@ -889,9 +565,9 @@ spec_server(enum raw_kind kind)
     e2e_client_hello_put(&m, &ch);
     raw_write_msg(&r, m.buf, m.len);
     sc_enc_free(&m);
-    CU_ASSERT_FATAL(raw_read(&r, got, 4));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, 4));
     CU_ASSERT(memcmp(got, "\x00\x00\x00\x61", 4) == 0);
-    CU_ASSERT_FATAL(raw_read(&r, got, 97));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, 97));
     CU_ASSERT_FATAL(e2e_exit_hello_get(got, 97, &in, sig, &why) == 0);
     CU_ASSERT(in.kind == E2E_EH_X25519);
     crypto_scalarmult_base(want, fx.sk[SL_ROLE_SERVER]);
@@ -901,40 +577,40 @@ spec_server(enum raw_kind kind)
     CU_ASSERT_EQUAL(m.len, 37 + 33);
     CU_ASSERT(crypto_sign_verify_detached(sig, m.buf, m.len, sign_pk) == 0);
     sc_enc_free(&m);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT_FATAL(w.p != NULL);
-    user_attach(&u, w.p);
+    wh_user_attach(&u, w.p);
     n = unhex(HEX_HELLO_MSG, want, sizeof(want));
-    raw_write(&r, want, n);
+    wh_raw_write(&r, want, n);
     uw.u = &u;
     uw.n = 5;
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
               memcmp(evbuffer_pullup(u.in, -1), "hello", 5) == 0);
     /* And the exit writes with KDF("e2c"). */
     bufferevent_write(sl_pipe_get0_bev(w.p), "world", 5);
-    CU_ASSERT_FATAL(raw_read(&r, got, 25));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, 25));
     e2e_crypt_keys(fx.dh, c2e, e2c);
     e2e_crypt_seal(e2c, 0, "world", 5, msg);
     CU_ASSERT_BYTES(got, msg, 25, "exit's first message");
     sl_pipe_free(w.p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
 static void
 test_spec_server_socketpair(void)
 {
-    spec_server(RAW_FD);
+    spec_server(WH_RAW_FD);
 }
 
 static void
 test_spec_server_bevpair(void)
 {
-    spec_server(RAW_BEV);
+    spec_server(WH_RAW_BEV);
 }
 
 /* ---- shared-secret mode --------------------------------------------------- */
@@ -950,21 +626,21 @@ challenge_client(const char *mac_hex, const char *pubkey, int flip,
     struct sl_error e;
     void *cfg = pubkey != NULL ? layer_cfg_e(&e, "pubkey", pubkey, NULL)
                                : layer_cfg_e(&e, NULL);
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, RAW_FD, HEX_SS);
+    struct wh_raw r;
+    struct sl_pipe *lower = raw_new(&r, WH_RAW_FD, HEX_SS);
     struct e2e_client_hello ch;
     struct e2e_exit_inner in;
     struct sc_enc eh;
     uint8_t got[200], want[64], ss[64];
     size_t n, sslen = sizeof(ss);
-    struct wres w;
+    struct wh_wres w;
     const char *why;
 
     CU_ASSERT_FATAL(cfg != NULL);
     memset(&fx, 0, sizeof(fx));
     fx.c_set = true;
     memset(fx.c, 0x11, 32);
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w);
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, NULL);
     n = raw_read_msg(&r, got, sizeof(got));
     CU_ASSERT_FATAL(n == 34);
     want[0] = 0;
@@ -977,35 +653,35 @@ challenge_client(const char *mac_hex, const char *pubkey, int flip,
     unhex(mac_hex, in.key, 32);
     make_exit_hello(&ch, &in, &eh, flip);
     raw_write_msg(&r, eh.buf, eh.len);
-    raw_write(&r, "plain", 5);
+    wh_raw_write(&r, "plain", 5);
     sc_enc_free(&eh);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     if (expect != NULL) {
         CU_ASSERT(w.p == NULL);
         CU_ASSERT_TEXT(w.err.text, expect);
         CU_ASSERT(!w.inside);
     } else {
-        struct user u;
-        struct want uw = { &u, 5 };
+        struct wh_user u;
+        struct wh_want uw = { &u, 5 };
 
         CU_ASSERT_FATAL(w.p != NULL);
         /* The secret below stays visible. */
         CU_ASSERT_EQUAL(sl_pipe_query(w.p, SL_Q_SHARED_SECRET, ss, &sslen),
                         0);
         CU_ASSERT(sslen == 32 && memcmp(ss, r.ss, 32) == 0);
-        user_attach(&u, w.p);
-        CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+        wh_user_attach(&u, w.p);
+        CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
         CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
                   memcmp(evbuffer_pullup(u.in, -1), "plain", 5) == 0);
         bufferevent_write(sl_pipe_get0_bev(w.p), "bytes", 5);
-        CU_ASSERT_FATAL(raw_read(&r, got, 5));
+        CU_ASSERT_FATAL(wh_raw_read(&r, got, 5));
         CU_ASSERT(memcmp(got, "bytes", 5) == 0);
         sl_pipe_free(w.p);
-        user_free(&u);
+        wh_user_free(&u);
     }
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1043,20 +719,20 @@ test_challenge_server(void)
     long pipes0 = sl_pipe_count();
     struct sl_error e;
     void *cfg;
-    struct raw r;
+    struct wh_raw r;
     struct sl_pipe *lower;
     struct e2e_client_hello ch;
     struct e2e_exit_inner in;
     struct sc_enc m;
     uint8_t got[200], want[64], sig[64];
-    struct wres w;
+    struct wh_wres w;
     const char *why;
 
     write_test_key();
     cfg = layer_cfg_e(&e, "signing_key", keyfile, NULL);
     CU_ASSERT_FATAL(cfg != NULL);
-    lower = raw_new(&r, RAW_BEV, HEX_SS);
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w);
+    lower = raw_new(&r, WH_RAW_BEV, HEX_SS);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, NULL);
     memset(&ch, 0, sizeof(ch));
     ch.kind = E2E_CH_CHALLENGE;
     memset(ch.key, 0x11, 32);
@@ -1073,12 +749,12 @@ test_challenge_server(void)
     e2e_signed_message(&m, &ch, &in);
     CU_ASSERT(crypto_sign_verify_detached(sig, m.buf, m.len, sign_pk) == 0);
     sc_enc_free(&m);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT_FATAL(w.p != NULL);
     sl_pipe_free(w.p);
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1099,18 +775,18 @@ client_refuses(enum reply how, const char *pubkey, int code,
                     ? layer_cfg_e(&e, "pubkey", pubkey, "handshake_timeout",
                                   "200ms", NULL)
                     : layer_cfg_e(&e, "handshake_timeout", "200ms", NULL);
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, RAW_FD, NULL);
+    struct wh_raw r;
+    struct sl_pipe *lower = raw_new(&r, WH_RAW_FD, NULL);
     struct e2e_client_hello ch;
     struct e2e_exit_inner in;
     struct sc_enc eh;
     uint8_t got[200], sk[32];
     const char *why;
-    struct wres w;
+    struct wh_wres w;
 
     CU_ASSERT_FATAL(cfg != NULL);
     memset(&fx, 0, sizeof(fx));
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w);
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, NULL);
     CU_ASSERT_FATAL(raw_read_msg(&r, got, sizeof(got)) == 34);
     CU_ASSERT_FATAL(e2e_client_hello_get(got, 34, &ch, &why) == 0);
     memset(&in, 0, sizeof(in));
@@ -1138,7 +814,7 @@ client_refuses(enum reply how, const char *pubkey, int code,
         sc_enc_free(&eh);
         break;
     case R_OVERSIZE:
-        raw_write(&r, "\x00\x01\x86\xa1", 4);   /* 100001 */
+        wh_raw_write(&r, "\x00\x01\x86\xa1", 4);   /* 100001 */
         break;
     case R_GARBAGE:
         raw_write_msg(&r, "\x02\x00", 2);
@@ -1158,18 +834,18 @@ client_refuses(enum reply how, const char *pubkey, int code,
     case R_SILENT:
         break;
     case R_CLOSE:
-        raw_shutdown(&r);
+        wh_raw_shutdown(&r);
         break;
     }
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT(w.p == NULL && !w.inside);
     CU_ASSERT_EQUAL(w.err.code, code);
     CU_ASSERT_TEXT(w.err.text, expect);
     /* The connection is closed. */
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1210,27 +886,27 @@ server_drops(const void *bytes, size_t n, bool with_ss, int code,
     long pipes0 = sl_pipe_count();
     struct sl_error e;
     void *cfg;
-    struct raw r;
+    struct wh_raw r;
     struct sl_pipe *lower;
-    struct wres w;
+    struct wh_wres w;
 
     write_test_key();
     cfg = layer_cfg_e(&e, "signing_key", keyfile, "handshake_timeout",
                       "200ms", NULL);
     CU_ASSERT_FATAL(cfg != NULL);
-    lower = raw_new(&r, RAW_FD, with_ss ? HEX_SS : NULL);
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w);
-    raw_write(&r, bytes, n);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    lower = raw_new(&r, WH_RAW_FD, with_ss ? HEX_SS : NULL);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, NULL);
+    wh_raw_write(&r, bytes, n);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT(w.p == NULL && !w.inside);
     CU_ASSERT_EQUAL(w.err.code, code);
     CU_ASSERT_TEXT(w.err.text, expect);
     /* Dropped without a word: no Reject. */
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
     CU_ASSERT_EQUAL(evbuffer_get_length(r.acc), 0);
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1274,44 +950,44 @@ test_server_needs_key(void)
 {
     struct sl_error e;
     void *cfg = layer_cfg_e(&e, NULL);
-    struct raw r;
+    struct wh_raw r;
     struct sl_pipe *lower;
     long pipes0 = sl_pipe_count();
     void *op = NULL;
 
     CU_ASSERT_FATAL(cfg != NULL);
-    lower = raw_new(&r, RAW_FD, NULL);
+    lower = raw_new(&r, WH_RAW_FD, NULL);
     sl_error_clear(&e);
-    CU_ASSERT_EQUAL(ops->wrap(cfg, base, lower, SL_ROLE_SERVER, wrap_done,
-                              NULL, &op, &e), SL_EINVAL);
+    CU_ASSERT_EQUAL(wh_ops->wrap(cfg, wh_base, lower, SL_ROLE_SERVER,
+                                 wh_wrap_done, NULL, &op, &e), SL_EINVAL);
     CU_ASSERT_TEXT(e.text, "accepting needs signing_key=FILE (the exit's "
                    "ed25519 key)");
     CU_ASSERT(sl_pipe_count() == pipes0);
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
 }
 
 /* ---- the crypt pipe's receive side --------------------------------------- */
 
 /* A client pipe in X25519 mode with the spec's dh over a raw peer. */
 static struct sl_pipe *
-crypt_client(struct raw *r, void **cfgp)
+crypt_client(struct wh_raw *r, void **cfgp)
 {
     struct sl_error e;
     void *cfg = layer_cfg_e(&e, NULL);
-    struct sl_pipe *lower = raw_new(r, RAW_FD, NULL);
+    struct sl_pipe *lower = raw_new(r, WH_RAW_FD, NULL);
     struct e2e_client_hello ch;
     struct e2e_exit_inner in;
     struct sc_enc eh;
     uint8_t got[200], sk[32];
     const char *why;
-    struct wres w;
+    struct wh_wres w;
 
     CU_ASSERT_FATAL(cfg != NULL);
     memset(&fx, 0, sizeof(fx));
     fx.dh_set = true;
     unhex(HEX_SS, fx.dh, 32);
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w);
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, NULL);
     CU_ASSERT_FATAL(raw_read_msg(r, got, sizeof(got)) == 34);
     CU_ASSERT_FATAL(e2e_client_hello_get(got, 34, &ch, &why) == 0);
     memset(&in, 0, sizeof(in));
@@ -1321,7 +997,7 @@ crypt_client(struct raw *r, void **cfgp)
     make_exit_hello(&ch, &in, &eh, -1);
     raw_write_msg(r, eh.buf, eh.len);
     sc_enc_free(&eh);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT_FATAL(w.p != NULL);
     *cfgp = cfg;
     return w.p;
@@ -1331,29 +1007,29 @@ static void
 bad_message(int how)
 {
     long pipes0 = sl_pipe_count();
-    struct raw r;
+    struct wh_raw r;
     void *cfg;
     struct sl_pipe *p = crypt_client(&r, &cfg);
     uint8_t c2e[32], e2c[32], msg[64], big[8];
-    struct user u;
-    struct want uw = { &u, 5 };
+    struct wh_user u;
+    struct wh_want uw = { &u, 5 };
     const struct sl_error *err;
 
-    user_attach(&u, p);
+    wh_user_attach(&u, p);
     e2e_crypt_keys(fx.dh, c2e, e2c);
     e2e_crypt_seal(e2c, 0, "first", 5, msg);
-    raw_write(&r, msg, 25);
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    wh_raw_write(&r, msg, 25);
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     if (how == 0) {
         e2e_crypt_seal(e2c, 1, "later", 5, msg);
         msg[6] ^= 0x80;
-        raw_write(&r, msg, 25);
+        wh_raw_write(&r, msg, 25);
     } else if (how == 1) {
         memcpy(big, "\x00\x01\x86\xa1zzzz", 8);
-        raw_write(&r, big, 8);
+        wh_raw_write(&r, big, 8);
     } else if (how == 2) {
         /* Replayed: message 0 again. */
-        raw_write(&r, msg, 25);
+        wh_raw_write(&r, msg, 25);
     } else {
         /* A good message and a tampered one in one piece: the good one
          * is delivered, then reading ends. */
@@ -1362,9 +1038,9 @@ bad_message(int how)
         e2e_crypt_seal(e2c, 1, "again", 5, two);
         e2e_crypt_seal(e2c, 2, "wrong", 5, two + 25);
         two[40] ^= 0x01;
-        raw_write(&r, two, sizeof(two));
+        wh_raw_write(&r, two, sizeof(two));
     }
-    CU_ASSERT(run_until(user_ended, &u, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_ended, &u, WH_WAIT_MS));
     CU_ASSERT(u.eof && !u.error);
     CU_ASSERT(evbuffer_get_length(u.in) == (how == 3 ? 10u : 5u));
     err = sl_pipe_get0_error(p);
@@ -1379,15 +1055,15 @@ bad_message(int how)
     {
         uint8_t got[25], pt[5];
 
-        CU_ASSERT_FATAL(raw_read(&r, got, 25));
+        CU_ASSERT_FATAL(wh_raw_read(&r, got, 25));
         CU_ASSERT(e2e_crypt_open(c2e, 0, got + 4, 21, pt) == 0 &&
                   memcmp(pt, "still", 5) == 0);
     }
     sl_pipe_free(p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1405,7 +1081,7 @@ static void
 test_crypt_chunks(void)
 {
     long pipes0 = sl_pipe_count();
-    struct raw r;
+    struct wh_raw r;
     void *cfg;
     struct sl_pipe *p = crypt_client(&r, &cfg);
     const size_t total = 8192 * 3 + 100;
@@ -1420,22 +1096,22 @@ test_crypt_chunks(void)
     while (off < total) {
         size_t len;
 
-        CU_ASSERT_FATAL(raw_read(&r, hdr, 4));
+        CU_ASSERT_FATAL(wh_raw_read(&r, hdr, 4));
         len = (size_t)hdr[2] << 8 | hdr[3];
         CU_ASSERT_FATAL(hdr[0] == 0 && hdr[1] == 0);
         CU_ASSERT_FATAL(len > 16 && len <= 8192 + 16);
-        CU_ASSERT_FATAL(raw_read(&r, ct, len));
+        CU_ASSERT_FATAL(wh_raw_read(&r, ct, len));
         CU_ASSERT_FATAL(e2e_crypt_open(c2e, ctr++, ct, len, got + off) == 0);
         off += len - 16;
     }
     CU_ASSERT(off == total && memcmp(got, data, total) == 0);
     CU_ASSERT(ctr == 4);
     sl_pipe_free(p);
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
     free(data);
     free(got);
-    run_for(5);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1520,7 +1196,7 @@ test_options(void)
     cfg = layer_cfg_e(&e, "pubkey", "D75A980182B10AB7D54BFED3C964073A0EE172F3"
                       "DAA62325AF021A68F707511A", NULL);
     CU_ASSERT_FATAL(cfg != NULL);
-    ops->unconfigure(cfg);
+    wh_ops->unconfigure(cfg);
     cfg = layer_cfg_e(&e, "handshake_timeout", "0", NULL);
     CU_ASSERT(cfg == NULL);
     cfg = layer_cfg_e(&e, "bogus", "1", NULL);
@@ -1598,8 +1274,8 @@ end_to_end(const char *below, const char *pubkey, const char *expect)
     struct sl_dialer *d;
     struct sl_error e;
     struct dialed dd;
-    struct user uc, us;
-    struct want w;
+    struct wh_user uc, us;
+    struct wh_want w;
     char text[600], proto[16];
     int rc, rs;
 
@@ -1612,7 +1288,7 @@ end_to_end(const char *below, const char *pubkey, const char *expect)
              "signing_key=%s", below, keyfile);
     sv.stack = sl_stack_parse(text, &e);
     CU_ASSERT_FATAL(sv.stack != NULL);
-    sv.l = sl_listener_new(sv.stack, base, srv_accept, &sv, &e);
+    sv.l = sl_listener_new(sv.stack, wh_base, srv_accept, &sv, &e);
     CU_ASSERT_FATAL(sv.l != NULL);
     CU_ASSERT_FATAL(sl_listener_local_addr(sv.l, sv.addr,
                                            sizeof(sv.addr)) == 0);
@@ -1620,8 +1296,8 @@ end_to_end(const char *below, const char *pubkey, const char *expect)
              pubkey != NULL ? " pubkey=" : "", pubkey != NULL ? pubkey : "");
     d = sl_dialer_parse(text, &e);
     CU_ASSERT_FATAL(d != NULL);
-    CU_ASSERT_FATAL(sl_dialer_dial(d, base, on_dialed, &dd, NULL, &e) == 0);
-    CU_ASSERT_FATAL(run_until(dialed, &dd, WAIT_MS));
+    CU_ASSERT_FATAL(sl_dialer_dial(d, wh_base, on_dialed, &dd, NULL, &e) == 0);
+    CU_ASSERT_FATAL(wh_run_until(dialed, &dd, WH_WAIT_MS));
     if (expect != NULL) {
         CU_ASSERT(dd.p == NULL);
         CU_ASSERT(strstr(dd.err.text, expect) != NULL);
@@ -1630,7 +1306,7 @@ end_to_end(const char *below, const char *pubkey, const char *expect)
         goto out;
     }
     CU_ASSERT_FATAL(dd.p != NULL);
-    CU_ASSERT_FATAL(run_until(srv_has_pipe, &sv, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(srv_has_pipe, &sv, WH_WAIT_MS));
     CU_ASSERT_STRING_EQUAL(sl_pipe_protocol(dd.p, proto, sizeof(proto)),
                            "e2e");
     CU_ASSERT_STRING_EQUAL(sl_pipe_protocol(sv.p, proto, sizeof(proto)),
@@ -1643,31 +1319,31 @@ end_to_end(const char *below, const char *pubkey, const char *expect)
         CU_ASSERT(rc == 0 && rs == 0 && lc == 32 && ls == 32 &&
                   memcmp(ssc, sss, 32) == 0);
     }
-    user_attach(&uc, dd.p);
-    user_attach(&us, sv.p);
+    wh_user_attach(&uc, dd.p);
+    wh_user_attach(&us, sv.p);
     randombytes_buf(data, big);
     bufferevent_write(sl_pipe_get0_bev(dd.p), data, big);
     w.u = &us;
     w.n = big;
-    CU_ASSERT(run_until(user_has, &w, 20000));
+    CU_ASSERT(wh_run_until(wh_user_has, &w, 20000));
     CU_ASSERT(evbuffer_get_length(us.in) == big &&
               memcmp(evbuffer_pullup(us.in, -1), data, big) == 0);
     bufferevent_write(sl_pipe_get0_bev(sv.p), "pong", 4);
     w.u = &uc;
     w.n = 4;
-    CU_ASSERT(run_until(user_has, &w, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_has, &w, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(uc.in) == 4);
     sl_pipe_free(dd.p);
-    CU_ASSERT(run_until(user_ended, &us, WAIT_MS));
-    user_free(&uc);
-    user_free(&us);
+    CU_ASSERT(wh_run_until(wh_user_ended, &us, WH_WAIT_MS));
+    wh_user_free(&uc);
+    wh_user_free(&us);
 out:
     sl_pipe_free(sv.p);
     sl_listener_free(sv.l);
     sl_stack_free(sv.stack);
     sl_dialer_free(d);
     free(data);
-    run_for(10);
+    wh_run_for(10);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1789,14 +1465,14 @@ main(void)
         return 2;
     }
     l = sl_layer_find("e2e");
-    ops = sl_layer_get0_ops(l);
-    plugin_ctx = sl_layer_get0_plugin_ctx(l);
-    base = event_base_new();
+    wh_ops = sl_layer_get0_ops(l);
+    wh_plugin_ctx = sl_layer_get0_plugin_ctx(l);
+    wh_base = event_base_new();
     e2e_test_set_hooks(&hooks);
     rc = cu_run("e2e", tests);
     e2e_test_set_hooks(NULL);
-    sl_resolver_release(base);
-    event_base_free(base);
+    sl_resolver_release(wh_base);
+    event_base_free(wh_base);
     sl_loader_unload_all();
     rm_tmpdir();
     return rc;

@@ -47,11 +47,11 @@
 #include "s3-replay.h"
 #include "s3-test.h"
 #include "sillad.h"
+#include "wrap-harness.h"
 
 const struct sl_plugin *sl_plugin_sosistab3_describe(void);
 
 #define HARD_LIMIT_S 240
-#define WAIT_MS 3000
 #define DEADLINE_MS 150
 
 /* ---- spec §11 values (also in test-s3-crypto.c) -------------------------- */
@@ -126,47 +126,6 @@ dump_diff(const char *what, const uint8_t *got, const uint8_t *want,
         dump_diff((what), (got), (want), (n));                              \
         CU_ASSERT(memcmp((got), (want), (n)) == 0);                         \
     } while (0)
-
-/* ---- the loop ------------------------------------------------------------ */
-
-static struct event_base *base;
-
-static int64_t
-now_ms(void)
-{
-    return sl_now_ms();
-}
-
-typedef bool cond_fn(void *arg);
-
-/* Runs the loop in 2 ms slices until cond holds or ms pass. */
-static bool
-run_until(cond_fn *cond, void *arg, int ms)
-{
-    int64_t end = now_ms() + ms;
-    struct timeval tv = { 0, 2000 };
-
-    while (!cond(arg)) {
-        if (now_ms() >= end)
-            return false;
-        event_base_loopexit(base, &tv);
-        event_base_dispatch(base);
-    }
-    return true;
-}
-
-static bool
-never(void *arg)
-{
-    (void)arg;
-    return false;
-}
-
-static void
-run_for(int ms)
-{
-    run_until(never, NULL, ms);
-}
 
 /* ---- hooks: fixed randomness and time, per role -------------------------- */
 
@@ -272,8 +231,6 @@ fixed_spec(enum sl_role role)
 
 /* ---- the layer ----------------------------------------------------------- */
 
-static const struct sl_layer_ops *ops;
-static void *plugin_ctx;
 
 /* A configured layer from "key=value" pairs (NULL-terminated). */
 static void *
@@ -292,234 +249,22 @@ layer_cfg(const char *cookie, ...)
     while ((k = va_arg(ap, const char *)) != NULL)
         CU_ASSERT_FATAL(sl_opts_add(o, k, va_arg(ap, const char *), &e) == 0);
     va_end(ap);
-    CU_ASSERT_FATAL(sl_opts_check(o, ops->opts, "sosistab3", &e) == 0);
-    CU_ASSERT_FATAL(ops->configure(sl_host_get(), plugin_ctx, o, &cfg, &e) ==
-                    0);
+    CU_ASSERT_FATAL(sl_opts_check(o, wh_ops->opts, "sosistab3", &e) == 0);
+    CU_ASSERT_FATAL(wh_ops->configure(sl_host_get(), wh_plugin_ctx, o, &cfg,
+                                      &e) == 0);
     sl_opts_free(o);
     return cfg;
 }
 
-/* Result of a wrap. */
-struct wres {
-    int calls;
-    bool in_call;            /* inside wrap() or cancel() */
-    bool inside;             /* done ran inside one of them */
-    struct sl_pipe *p;
-    struct sl_error err;
-    int64_t at;
-};
-
-static void
-wrap_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
-{
-    struct wres *w = arg;
-
-    w->calls++;
-    w->inside |= w->in_call;
-    w->at = now_ms();
-    if (p != NULL && w->p == NULL)
-        w->p = p;
-    else
-        sl_pipe_free(p);
-    if (err != NULL)
-        w->err = *err;
-}
-
-static bool
-wres_called(void *arg)
-{
-    return ((struct wres *)arg)->calls > 0;
-}
-
-static void
-start_wrap(void *cfg, struct sl_pipe *lower, enum sl_role role,
-           struct wres *w, void **op)
-{
-    struct sl_error e;
-
-    sl_error_clear(&e);
-    memset(w, 0, sizeof(*w));
-    w->in_call = true;
-    CU_ASSERT_FATAL(ops->wrap(cfg, base, lower, role, wrap_done, w, op, &e) ==
-                    0);
-    w->in_call = false;
-}
-
-/* ---- a pipe's user ------------------------------------------------------- */
-
-struct user {
-    struct evbuffer *in;
-    bool eof, error;
-    char errtext[256];
-};
-
-static void
-user_read(struct bufferevent *bev, void *arg)
-{
-    struct user *u = arg;
-
-    evbuffer_add_buffer(u->in, bufferevent_get_input(bev));
-}
-
-static void
-user_event(struct bufferevent *bev, short what, void *arg)
-{
-    struct user *u = arg;
-
-    user_read(bev, arg);
-    if (what & BEV_EVENT_EOF)
-        u->eof = true;
-    if (what & BEV_EVENT_ERROR) {
-        u->error = true;
-        u->errtext[0] = '\0';
-    }
-}
-
-static void
-user_attach(struct user *u, struct sl_pipe *p)
-{
-    memset(u, 0, sizeof(*u));
-    u->in = evbuffer_new();
-    sl_pipe_setcb(p, user_read, NULL, user_event, u);
-    bufferevent_enable(sl_pipe_get0_bev(p), EV_READ | EV_WRITE);
-}
-
-static void
-user_free(struct user *u)
-{
-    evbuffer_free(u->in);
-    u->in = NULL;
-}
-
-struct want {
-    struct user *u;
-    size_t n;
-};
-
-static bool
-user_has(void *arg)
-{
-    struct want *w = arg;
-
-    return evbuffer_get_length(w->u->in) >= w->n || w->u->error;
-}
-
-static bool
-user_ended(void *arg)
-{
-    struct user *u = arg;
-
-    return u->eof || u->error;
-}
-
-/* ---- the raw peer: the other end of a socketpair, or of a bufferevent pair,
- * or a TCP socket ---------------------------------------------------------- */
-
-enum raw_kind { RAW_FD, RAW_BEV };
-
-struct raw {
-    enum raw_kind kind;
-    int fd;
-    struct bufferevent *bev;
-    struct evbuffer *acc;    /* everything received */
-    bool eof, reset;
-    int64_t closed_at;
-};
-
-static void
-raw_bev_event(struct bufferevent *bev, short what, void *arg)
-{
-    struct raw *r = arg;
-
-    (void)bev;
-    if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && !r->eof) {
-        r->eof = true;
-        r->closed_at = now_ms();
-    }
-}
-
-static void
-raw_pump(struct raw *r)
-{
-    if (r->kind == RAW_BEV) {
-        evbuffer_add_buffer(r->acc, bufferevent_get_input(r->bev));
-        return;
-    }
-    while (!r->eof) {
-        char buf[4096];
-        ssize_t n = recv(r->fd, buf, sizeof(buf), MSG_DONTWAIT);
-
-        if (n > 0) {
-            evbuffer_add(r->acc, buf, (size_t)n);
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        r->eof = true;
-        r->reset = n < 0;
-        r->closed_at = now_ms();
-    }
-}
-
-/* The lower pipe's end of its send direction, as tcp would do it. */
-static int
-raw_lower_shutdown(void *layer_ctx, struct sl_pipe *p)
-{
-    struct bufferevent *bev = sl_pipe_get0_bev(p);
-
-    (void)layer_ctx;
-    if (bufferevent_getfd(bev) >= 0)
-        shutdown(bufferevent_getfd(bev), SHUT_WR);
-    else
-        bufferevent_flush(bev, EV_WRITE, BEV_FINISHED);
-    return 0;
-}
-
-static const struct sl_pipe_ops raw_lower_ops = {
-    .struct_size = sizeof(struct sl_pipe_ops),
-    .shutdown_write = raw_lower_shutdown,
-};
-
-/* A lower pipe for the layer, and the raw end facing it. */
-static struct sl_pipe *
-raw_new(struct raw *r, enum raw_kind kind)
-{
-    struct bufferevent *bev;
-
-    memset(r, 0, sizeof(*r));
-    r->kind = kind;
-    r->fd = -1;
-    r->acc = evbuffer_new();
-    if (kind == RAW_FD) {
-        int sv[2];
-
-        CU_ASSERT_FATAL(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
-        evutil_make_socket_nonblocking(sv[0]);
-        evutil_make_socket_nonblocking(sv[1]);
-        r->fd = sv[1];
-        bev = bufferevent_socket_new(base, sv[0], BEV_OPT_CLOSE_ON_FREE);
-    } else {
-        struct bufferevent *pair[2];
-
-        CU_ASSERT_FATAL(bufferevent_pair_new(base, 0, pair) == 0);
-        bev = pair[0];
-        r->bev = pair[1];
-        bufferevent_setcb(r->bev, NULL, NULL, raw_bev_event, r);
-        bufferevent_enable(r->bev, EV_READ | EV_WRITE);
-    }
-    CU_ASSERT_FATAL(bev != NULL);
-    return sl_pipe_new("raw", bev, NULL, &raw_lower_ops, NULL);
-}
-
 /* A TCP connection to addr. */
 static void
-raw_connect(struct raw *r, const char *addr)
+raw_connect(struct wh_raw *r, const char *addr)
 {
     char host[64], port[16];
     struct addrinfo hints, *ai = NULL;
 
     memset(r, 0, sizeof(*r));
-    r->kind = RAW_FD;
+    r->kind = WH_RAW_FD;
     r->acc = evbuffer_new();
     CU_ASSERT_FATAL(sl_parse_addr(addr, host, sizeof(host), port,
                                   sizeof(port)) == 0);
@@ -533,116 +278,39 @@ raw_connect(struct raw *r, const char *addr)
     freeaddrinfo(ai);
 }
 
-static void
-raw_free(struct raw *r)
-{
-    if (r->fd >= 0)
-        close(r->fd);
-    if (r->bev != NULL)
-        bufferevent_free(r->bev);
-    evbuffer_free(r->acc);
-    memset(r, 0, sizeof(*r));
-    r->fd = -1;
-}
-
-static void
-raw_write(struct raw *r, const void *data, size_t n)
-{
-    if (r->kind == RAW_BEV) {
-        bufferevent_write(r->bev, data, n);
-        return;
-    }
-    while (n > 0) {
-        ssize_t k = send(r->fd, data, n, MSG_NOSIGNAL);
-
-        if (k < 0 && (errno == EAGAIN || errno == EINTR)) {
-            run_for(1);
-            continue;
-        }
-        CU_ASSERT_FATAL(k > 0);
-        data = (const uint8_t *)data + k;
-        n -= (size_t)k;
-    }
-}
-
-static void
-raw_shutdown(struct raw *r)
-{
-    if (r->kind == RAW_BEV)
-        bufferevent_flush(r->bev, EV_WRITE, BEV_FINISHED);
-    else
-        shutdown(r->fd, SHUT_WR);
-}
-
-struct raw_want {
-    struct raw *r;
-    size_t n;
-};
-
-static bool
-raw_has(void *arg)
-{
-    struct raw_want *w = arg;
-
-    raw_pump(w->r);
-    return evbuffer_get_length(w->r->acc) >= w->n || w->r->eof;
-}
-
-static bool
-raw_closed(void *arg)
-{
-    struct raw *r = arg;
-
-    raw_pump(r);
-    return r->eof;
-}
-
-/* Waits for n bytes and takes them into out; false if they never came. */
-static bool
-raw_read(struct raw *r, uint8_t *out, size_t n)
-{
-    struct raw_want w = { r, n };
-
-    run_until(raw_has, &w, WAIT_MS);
-    if (evbuffer_get_length(r->acc) < n)
-        return false;
-    evbuffer_remove(r->acc, out, n);
-    return true;
-}
-
 /* ---- the spec through the layer ------------------------------------------ */
 
 static void
-spec_client(enum raw_kind kind)
+spec_client(enum wh_raw_kind kind)
 {
     uint8_t got[256], want[256], ss[32];
     size_t n, len = sizeof(ss);
     long pipes0 = sl_pipe_count();
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, kind);
-    struct wres w;
-    struct user u;
-    struct want uw;
+    struct wh_raw r;
+    struct sl_pipe *lower = wh_raw_new(&r, kind);
+    struct wh_wres w;
+    struct wh_user u;
+    struct wh_want uw;
     void *op;
     char proto[32];
 
     fixed_reset();
     fixed_spec(SL_ROLE_CLIENT);
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
     CU_ASSERT(w.calls == 0);
     /* HS_c || padding, in one piece. */
     n = unhex(HEX_HS_C HEX_PAD_C, want, sizeof(want));
-    CU_ASSERT_FATAL(raw_read(&r, got, n));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, n));
     CU_ASSERT_BYTES(got, want, n, "HS_c || padding");
     /* Nothing more until the server speaks. */
-    run_for(20);
-    raw_pump(&r);
+    wh_run_for(20);
+    wh_raw_pump(&r);
     CU_ASSERT(evbuffer_get_length(r.acc) == 0);
     CU_ASSERT(w.calls == 0);
     n = unhex(HEX_HS_S, want, sizeof(want));
-    raw_write(&r, want, n);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    wh_raw_write(&r, want, n);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT_FATAL(w.p != NULL);
     CU_ASSERT(w.calls == 1 && !w.inside);
     CU_ASSERT(sl_pipe_query(w.p, SL_Q_SHARED_SECRET, ss, &len) == 0);
@@ -651,11 +319,11 @@ spec_client(enum raw_kind kind)
     CU_ASSERT_BYTES(ss, want, 32, "ss");
     CU_ASSERT_STRING_EQUAL(sl_pipe_protocol(w.p, proto, sizeof(proto)),
                            "sosistab3");
-    user_attach(&u, w.p);
+    wh_user_attach(&u, w.p);
     /* "hello": record 0, nonces 0 and 1. */
     bufferevent_write(sl_pipe_get0_bev(w.p), "hello", 5);
     n = unhex(HEX_REC_HELLO, want, sizeof(want));
-    CU_ASSERT_FATAL(raw_read(&r, got, n));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, n));
     CU_ASSERT_BYTES(got, want, n, "hello record");
     /* "hi" with obfs_lengths and r = 3: records 1 and 2, 131 bytes. */
     fx.obfs = 1;
@@ -663,183 +331,186 @@ spec_client(enum raw_kind kind)
     bufferevent_write(sl_pipe_get0_bev(w.p), "hi", 2);
     n = unhex(HEX_REC_HI HEX_REC_PAD, want, sizeof(want));
     CU_ASSERT(n == 131);
-    CU_ASSERT_FATAL(raw_read(&r, got, n));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, n));
     CU_ASSERT_BYTES(got, want, n, "hi record and padding record");
     fx.obfs = -1;
     /* The server's "world". */
     n = unhex(HEX_REC_WORLD, want, sizeof(want));
-    raw_write(&r, want, n);
+    wh_raw_write(&r, want, n);
     uw.u = &u;
     uw.n = 5;
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5);
     CU_ASSERT(memcmp(evbuffer_pullup(u.in, -1), "world", 5) == 0);
     CU_ASSERT(!u.eof && !u.error);
     sl_pipe_free(w.p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
 static void
 test_spec_client_socketpair(void)
 {
-    spec_client(RAW_FD);
+    spec_client(WH_RAW_FD);
 }
 
 static void
 test_spec_client_bevpair(void)
 {
-    spec_client(RAW_BEV);
+    spec_client(WH_RAW_BEV);
 }
 
 static void
-spec_server(enum raw_kind kind)
+spec_server(enum wh_raw_kind kind)
 {
     uint8_t got[256], want[256], ss[32];
     size_t n, len = sizeof(ss);
     long pipes0 = sl_pipe_count();
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, kind);
-    struct wres w;
-    struct user u;
-    struct want uw;
+    struct wh_raw r;
+    struct sl_pipe *lower = wh_raw_new(&r, kind);
+    struct wh_wres w;
+    struct wh_user u;
+    struct wh_want uw;
     void *op;
 
     fixed_reset();
     fixed_spec(SL_ROLE_SERVER);
     hooks.deadline_ms = 20000;
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
     /* HS_c without its padding: the server must wait in silence. */
     n = unhex(HEX_HS_C, want, sizeof(want));
-    raw_write(&r, want, n);
-    run_for(30);
-    raw_pump(&r);
+    wh_raw_write(&r, want, n);
+    wh_run_for(30);
+    wh_raw_pump(&r);
     CU_ASSERT(evbuffer_get_length(r.acc) == 0);
     CU_ASSERT(w.calls == 0);
     n = unhex(HEX_PAD_C, want, sizeof(want));
-    raw_write(&r, want, n);
+    wh_raw_write(&r, want, n);
     n = unhex(HEX_HS_S, want, sizeof(want));
-    CU_ASSERT_FATAL(raw_read(&r, got, n));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, n));
     CU_ASSERT_BYTES(got, want, n, "HS_s");
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS));
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT_FATAL(w.p != NULL);
     CU_ASSERT(w.calls == 1 && !w.inside);
     CU_ASSERT(sl_pipe_query(w.p, SL_Q_SHARED_SECRET, ss, &len) == 0);
     n = unhex(HEX_SS, want, sizeof(want));
     CU_ASSERT_BYTES(ss, want, 32, "ss");
-    user_attach(&u, w.p);
+    wh_user_attach(&u, w.p);
     n = unhex(HEX_REC_HELLO, want, sizeof(want));
-    raw_write(&r, want, n);
+    wh_raw_write(&r, want, n);
     uw.u = &u;
     uw.n = 5;
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
               memcmp(evbuffer_pullup(u.in, -1), "hello", 5) == 0);
     bufferevent_write(sl_pipe_get0_bev(w.p), "world", 5);
     n = unhex(HEX_REC_WORLD, want, sizeof(want));
-    CU_ASSERT_FATAL(raw_read(&r, got, n));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, n));
     CU_ASSERT_BYTES(got, want, n, "world record");
     sl_pipe_free(w.p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
-    run_for(5);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
+    wh_run_for(5);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
 static void
 test_spec_server_socketpair(void)
 {
-    spec_server(RAW_FD);
+    spec_server(WH_RAW_FD);
 }
 
 static void
 test_spec_server_bevpair(void)
 {
-    spec_server(RAW_BEV);
+    spec_server(WH_RAW_BEV);
 }
 
 /* Records right behind the handshake are opened at once. */
 static void
-leftover(enum raw_kind kind)
+leftover(enum wh_raw_kind kind)
 {
     uint8_t buf[512], got[256];
     size_t n;
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
+    struct wh_raw r;
     struct sl_pipe *lower;
-    struct wres w;
-    struct user u;
-    struct want uw = { &u, 5 };
+    struct wh_wres w;
+    struct wh_user u;
+    struct wh_want uw = { &u, 5 };
     void *op;
 
     /* Client: HS_s and "world" in one write. */
     fixed_reset();
     fixed_spec(SL_ROLE_CLIENT);
-    lower = raw_new(&r, kind);
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
-    CU_ASSERT_FATAL(raw_read(&r, got, 145));
+    lower = wh_raw_new(&r, kind);
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, 145));
     n = unhex(HEX_HS_S HEX_REC_WORLD, buf, sizeof(buf));
-    raw_write(&r, buf, n);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS) && w.p != NULL);
-    user_attach(&u, w.p);
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    wh_raw_write(&r, buf, n);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) &&
+                    w.p != NULL);
+    wh_user_attach(&u, w.p);
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
               memcmp(evbuffer_pullup(u.in, -1), "world", 5) == 0);
     sl_pipe_free(w.p);
-    user_free(&u);
-    raw_free(&r);
+    wh_user_free(&u);
+    wh_raw_free(&r);
     /* Server: HS_c, padding and "hello" in one write. */
     fixed_reset();
     fixed_spec(SL_ROLE_SERVER);
-    lower = raw_new(&r, kind);
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
+    lower = wh_raw_new(&r, kind);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
     n = unhex(HEX_HS_C HEX_PAD_C HEX_REC_HELLO, buf, sizeof(buf));
-    raw_write(&r, buf, n);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS) && w.p != NULL);
-    user_attach(&u, w.p);
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    wh_raw_write(&r, buf, n);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) &&
+                    w.p != NULL);
+    wh_user_attach(&u, w.p);
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
               memcmp(evbuffer_pullup(u.in, -1), "hello", 5) == 0);
     sl_pipe_free(w.p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
 }
 
 static void
 test_leftover_socketpair(void)
 {
-    leftover(RAW_FD);
+    leftover(WH_RAW_FD);
 }
 
 static void
 test_leftover_bevpair(void)
 {
-    leftover(RAW_BEV);
+    leftover(WH_RAW_BEV);
 }
 
 /* A client pipe over the spec handshake, for the record tests. */
 static struct sl_pipe *
-spec_client_pipe(void *cfg, struct raw *r, enum raw_kind kind)
+spec_client_pipe(void *cfg, struct wh_raw *r, enum wh_raw_kind kind)
 {
     uint8_t buf[256];
     size_t n;
-    struct sl_pipe *lower = raw_new(r, kind);
-    struct wres w;
+    struct sl_pipe *lower = wh_raw_new(r, kind);
+    struct wh_wres w;
     void *op;
 
     fixed_reset();
     fixed_spec(SL_ROLE_CLIENT);
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
-    CU_ASSERT_FATAL(raw_read(r, buf, 145));
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
+    CU_ASSERT_FATAL(wh_raw_read(r, buf, 145));
     n = unhex(HEX_HS_S, buf, sizeof(buf));
-    raw_write(r, buf, n);
-    CU_ASSERT_FATAL(run_until(wres_called, &w, WAIT_MS) && w.p != NULL);
+    wh_raw_write(r, buf, n);
+    CU_ASSERT_FATAL(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) &&
+                    w.p != NULL);
     return w.p;
 }
 
@@ -873,23 +544,23 @@ test_eof_mid_record(void)
     for (int i = 0; i < 4; i++) {
         uint8_t buf[256];
         void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-        struct raw r;
+        struct wh_raw r;
         struct sl_pipe *p = spec_client_pipe(cfg, &r,
-                                             i < 2 ? RAW_FD : RAW_BEV);
-        struct user u;
+                                             i < 2 ? WH_RAW_FD : WH_RAW_BEV);
+        struct wh_user u;
 
-        user_attach(&u, p);
+        wh_user_attach(&u, p);
         server_records(buf, sizeof(buf));
-        raw_write(&r, buf, 41 + cut[i % 2]);
-        raw_shutdown(&r);
-        CU_ASSERT(run_until(user_ended, &u, WAIT_MS));
+        wh_raw_write(&r, buf, 41 + cut[i % 2]);
+        wh_raw_shutdown(&r);
+        CU_ASSERT(wh_run_until(wh_user_ended, &u, WH_WAIT_MS));
         CU_ASSERT(u.eof && !u.error);
         CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
                   memcmp(evbuffer_pullup(u.in, -1), "world", 5) == 0);
         sl_pipe_free(p);
-        user_free(&u);
-        raw_free(&r);
-        ops->unconfigure(cfg);
+        wh_user_free(&u);
+        wh_raw_free(&r);
+        wh_ops->unconfigure(cfg);
     }
 }
 
@@ -901,14 +572,14 @@ bad_record(bool too_long)
     uint8_t rec[64], want[64], key_dn[32], ss[32];
     size_t n;
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
-    struct sl_pipe *p = spec_client_pipe(cfg, &r, RAW_FD);
+    struct wh_raw r;
+    struct sl_pipe *p = spec_client_pipe(cfg, &r, WH_RAW_FD);
     const struct sl_error *se;
     struct s3_dir *d;
-    struct user u;
+    struct wh_user u;
     char text[256];
 
-    user_attach(&u, p);
+    wh_user_attach(&u, p);
     unhex(HEX_SS, ss, sizeof(ss));
     blake3_derive_key(key_dn, "dn", ss, 32);
     CU_ASSERT_FATAL(s3_dir_new(key_dn, S3_SEAL, S3_AEAD_SODIUM, &d) == S3_OK);
@@ -916,7 +587,7 @@ bad_record(bool too_long)
                                 sizeof(rec)) == S3_OK);
     n = unhex(HEX_REC_WORLD, want, sizeof(want));
     CU_ASSERT(memcmp(rec, want, n) == 0);
-    raw_write(&r, rec, n);
+    wh_raw_write(&r, rec, n);
     if (too_long) {
         /* Record 1's length part (nonce 2) saying 1 MiB + 1. */
         uint8_t hdr[4] = { 0x01, 0x00, 0x10, 0x00 };
@@ -925,15 +596,15 @@ bad_record(bool too_long)
 
         crypto_aead_chacha20poly1305_ietf_encrypt(rec, &cl, hdr, 4, NULL, 0,
                                                   NULL, nonce, key_dn);
-        raw_write(&r, rec, 24);
+        wh_raw_write(&r, rec, 24);
     } else {
         CU_ASSERT_FATAL(s3_rec_seal(d, (const uint8_t *)"again", 5, rec,
                                     sizeof(rec)) == S3_OK);
         rec[S3_REC_HDR_LEN + 2] ^= 1;   /* a bit of its body */
-        raw_write(&r, rec, 5 + S3_REC_OVERHEAD);
+        wh_raw_write(&r, rec, 5 + S3_REC_OVERHEAD);
     }
     s3_dir_free(d);
-    CU_ASSERT(run_until(user_ended, &u, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_ended, &u, WH_WAIT_MS));
     CU_ASSERT(u.error && !u.eof);
     CU_ASSERT(evbuffer_get_length(u.in) == 5 &&
               memcmp(evbuffer_pullup(u.in, -1), "world", 5) == 0);
@@ -943,9 +614,9 @@ bad_record(bool too_long)
                    too_long ? "sosistab3: record longer than 1 MiB"
                             : "sosistab3: record authentication failed");
     sl_pipe_free(p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
 }
 
 static void
@@ -966,8 +637,8 @@ test_record_size(void)
 {
     uint8_t data[2500], got[2500 + 3 * 36], key_up[32], out[1000];
     void *cfg = layer_cfg(SPEC_COOKIE, "record_size", "1000", NULL);
-    struct raw r;
-    struct sl_pipe *p = spec_client_pipe(cfg, &r, RAW_BEV);
+    struct wh_raw r;
+    struct sl_pipe *p = spec_client_pipe(cfg, &r, WH_RAW_BEV);
     struct s3_dir *d;
     size_t off = 0, rec_len;
     int32_t L;
@@ -975,7 +646,7 @@ test_record_size(void)
 
     randombytes_buf(data, sizeof(data));
     bufferevent_write(sl_pipe_get0_bev(p), data, sizeof(data));
-    CU_ASSERT_FATAL(raw_read(&r, got, sizeof(got)));
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, sizeof(got)));
     unhex(HEX_KEY_UP, key_up, sizeof(key_up));
     CU_ASSERT_FATAL(s3_dir_new(key_up, S3_OPEN, S3_AEAD_DEFAULT, &d) ==
                     S3_OK);
@@ -989,8 +660,8 @@ test_record_size(void)
     CU_ASSERT(off == sizeof(got));
     s3_dir_free(d);
     sl_pipe_free(p);
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
 }
 
 /* The cookie's ObfsParams turn length padding on for what this end
@@ -1001,17 +672,17 @@ test_obfs_cookie(void)
     uint8_t got[131], key_up[32], out[64], want[64];
     void *cfg = layer_cfg(SPEC_COOKIE "---{\"obfs_lengths\":true,"
                           "\"obfs_timing\":false}", NULL);
-    struct raw r;
-    struct sl_pipe *p = spec_client_pipe(cfg, &r, RAW_FD);
+    struct wh_raw r;
+    struct sl_pipe *p = spec_client_pipe(cfg, &r, WH_RAW_FD);
     struct s3_dir *d;
     size_t rec_len, n;
     int32_t L;
 
     fx.r = 3;
     bufferevent_write(sl_pipe_get0_bev(p), "hello", 5);
-    CU_ASSERT_FATAL(raw_read(&r, got, sizeof(got)));
-    run_for(20);
-    raw_pump(&r);
+    CU_ASSERT_FATAL(wh_raw_read(&r, got, sizeof(got)));
+    wh_run_for(20);
+    wh_raw_pump(&r);
     CU_ASSERT(evbuffer_get_length(r.acc) == 0);
     /* The same keys as the spec: the params are not part of the secret. */
     n = unhex(HEX_REC_HELLO, want, sizeof(want));
@@ -1026,8 +697,8 @@ test_obfs_cookie(void)
               rec_len == 90);
     s3_dir_free(d);
     sl_pipe_free(p);
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
 }
 
 /* shutdown_write ends the lower's sending after the records; reading goes
@@ -1038,27 +709,27 @@ test_half_close(void)
     uint8_t buf[256];
     size_t n;
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
-    struct sl_pipe *p = spec_client_pipe(cfg, &r, RAW_FD);
-    struct user u;
-    struct want uw = { &u, 5 };
+    struct wh_raw r;
+    struct sl_pipe *p = spec_client_pipe(cfg, &r, WH_RAW_FD);
+    struct wh_user u;
+    struct wh_want uw = { &u, 5 };
 
-    user_attach(&u, p);
+    wh_user_attach(&u, p);
     bufferevent_write(sl_pipe_get0_bev(p), "hello", 5);
     CU_ASSERT(sl_pipe_shutdown_write(p) == 0);
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
     CU_ASSERT(!r.reset);
     n = unhex(HEX_REC_HELLO, buf, sizeof(buf));
     CU_ASSERT(evbuffer_get_length(r.acc) == n);
     CU_ASSERT(memcmp(evbuffer_pullup(r.acc, -1), buf, n) == 0);
     n = unhex(HEX_REC_WORLD, buf, sizeof(buf));
-    raw_write(&r, buf, n);
-    CU_ASSERT(run_until(user_has, &uw, WAIT_MS));
+    wh_raw_write(&r, buf, n);
+    CU_ASSERT(wh_run_until(wh_user_has, &uw, WH_WAIT_MS));
     CU_ASSERT(!u.eof && !u.error);
     sl_pipe_free(p);
-    user_free(&u);
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    wh_user_free(&u);
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
 }
 
 /* ---- the client refuses bad replies, at once ----------------------------- */
@@ -1070,17 +741,17 @@ client_refuses(int how)
     uint8_t nonce[12] = { 9 }, pad[8] = { 1, 2, 3, 4, 5, 6, 7, 8 };
     struct s3_cookie ck;
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, RAW_FD);
-    struct wres w;
+    struct wh_raw r;
+    struct sl_pipe *lower = wh_raw_new(&r, WH_RAW_FD);
+    struct wh_wres w;
     void *op;
     int64_t t0;
     char text[256];
 
     fixed_reset();
     fixed_spec(SL_ROLE_CLIENT);
-    start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
-    CU_ASSERT_FATAL(raw_read(&r, hs_c, sizeof(hs_c)));
+    wh_start_wrap(cfg, lower, SL_ROLE_CLIENT, &w, &op);
+    CU_ASSERT_FATAL(wh_raw_read(&r, hs_c, sizeof(hs_c)));
     CU_ASSERT_FATAL(s3_cookie_parse(SPEC_COOKIE, strlen(SPEC_COOKIE), &ck) ==
                     S3_OK);
     s3_hs_key(&ck, S3_SERVER, key_s);
@@ -1102,11 +773,11 @@ client_refuses(int how)
         pad[0] ^= 1;
         break;
     }
-    t0 = now_ms();
-    raw_write(&r, reply, sizeof(reply));
+    t0 = sl_now_ms();
+    wh_raw_write(&r, reply, sizeof(reply));
     if (how == 2)
-        raw_write(&r, pad, sizeof(pad));
-    CU_ASSERT(run_until(wres_called, &w, WAIT_MS));
+        wh_raw_write(&r, pad, sizeof(pad));
+    CU_ASSERT(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT(w.calls == 1 && w.p == NULL);
     CU_ASSERT(w.at - t0 < 1000);
     CU_ASSERT_TEXT(sl_error_str(&w.err, text, sizeof(text)),
@@ -1115,9 +786,9 @@ client_refuses(int how)
                                 "hello"
                               : "sosistab3: handshake padding hash mismatch");
     /* The connection is dropped at once. */
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
 }
 
 static void
@@ -1145,9 +816,9 @@ cancel_at(enum sl_role role, int stage)
 {
     long pipes0 = sl_pipe_count();
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, RAW_FD);
-    struct wres w;
+    struct wh_raw r;
+    struct sl_pipe *lower = wh_raw_new(&r, WH_RAW_FD);
+    struct wh_wres w;
     uint8_t buf[256];
     size_t n;
     void *op;
@@ -1155,35 +826,35 @@ cancel_at(enum sl_role role, int stage)
     fixed_reset();
     fixed_spec(role);
     hooks.deadline_ms = 5000;
-    start_wrap(cfg, lower, role, &w, &op);
+    wh_start_wrap(cfg, lower, role, &w, &op);
     if (stage >= 1) {
         if (role == SL_ROLE_SERVER) {
             /* 1: half a hello; 2: a bad hello (silent until deadline). */
             n = unhex(HEX_HS_C, buf, sizeof(buf));
             if (stage == 2)
                 buf[40] ^= 1;
-            raw_write(&r, buf, stage == 1 ? 70 : n);
+            wh_raw_write(&r, buf, stage == 1 ? 70 : n);
         } else {
-            CU_ASSERT_FATAL(raw_read(&r, buf, 145));
+            CU_ASSERT_FATAL(wh_raw_read(&r, buf, 145));
             if (stage == 2) {
                 n = unhex(HEX_HS_S, buf, sizeof(buf));
-                raw_write(&r, buf, 100);
+                wh_raw_write(&r, buf, 100);
             }
         }
-        run_for(20);
+        wh_run_for(20);
     }
     CU_ASSERT(w.calls == 0);
     w.in_call = true;
-    ops->cancel(op);
+    wh_ops->cancel(op);
     w.in_call = false;
     CU_ASSERT(w.calls == 0);
-    CU_ASSERT(run_until(wres_called, &w, WAIT_MS));
-    run_for(20);
+    CU_ASSERT(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
+    wh_run_for(20);
     CU_ASSERT(w.calls == 1 && !w.inside && w.p == NULL);
     CU_ASSERT(w.err.code == SL_ECANCELED);
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
-    raw_free(&r);
-    ops->unconfigure(cfg);
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
+    wh_raw_free(&r);
+    wh_ops->unconfigure(cfg);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1202,26 +873,26 @@ static void
 server_fails(void *cfg, const uint8_t *bytes, size_t n, bool shut,
              const char *why)
 {
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, RAW_FD);
-    struct wres w;
+    struct wh_raw r;
+    struct sl_pipe *lower = wh_raw_new(&r, WH_RAW_FD);
+    struct wh_wres w;
     void *op;
-    int64_t t0 = now_ms();
+    int64_t t0 = sl_now_ms();
     char text[256];
 
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
-    raw_write(&r, bytes, n);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
+    wh_raw_write(&r, bytes, n);
     if (shut)
-        raw_shutdown(&r);
-    run_for(DEADLINE_MS / 2);
+        wh_raw_shutdown(&r);
+    wh_run_for(DEADLINE_MS / 2);
     CU_ASSERT(w.calls == 0);
-    CU_ASSERT(run_until(wres_called, &w, DEADLINE_MS + WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_wres_called, &w, DEADLINE_MS + WH_WAIT_MS));
     CU_ASSERT(w.calls == 1 && w.p == NULL && !w.inside);
     CU_ASSERT(w.at - t0 >= DEADLINE_MS - 5);
     CU_ASSERT_TEXT(sl_error_str(&w.err, text, sizeof(text)), why);
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(r.acc) == 0);
-    raw_free(&r);
+    wh_raw_free(&r);
 }
 
 static void
@@ -1230,9 +901,9 @@ test_server_failures(void)
     uint8_t hello[256], junk[140];
     size_t n;
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
+    struct wh_raw r;
     struct sl_pipe *lower;
-    struct wres w;
+    struct wh_wres w;
     void *op;
 
     fixed_reset();
@@ -1255,14 +926,14 @@ test_server_failures(void)
                  "sosistab3: handshake timestamp out of window");
     /* 300 s is still in the window; the same hello again is a replay. */
     fx.time[SL_ROLE_SERVER] = SPEC_T_C - 300;
-    lower = raw_new(&r, RAW_FD);
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
-    raw_write(&r, hello, n);
-    CU_ASSERT(run_until(wres_called, &w, WAIT_MS) && w.p != NULL);
+    lower = wh_raw_new(&r, WH_RAW_FD);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
+    wh_raw_write(&r, hello, n);
+    CU_ASSERT(wh_run_until(wh_wres_called, &w, WH_WAIT_MS) && w.p != NULL);
     sl_pipe_free(w.p);
-    raw_free(&r);
+    wh_raw_free(&r);
     server_fails(cfg, hello, n, false, "sosistab3: handshake already seen");
-    ops->unconfigure(cfg);
+    wh_ops->unconfigure(cfg);
 }
 
 /* unconfigure while a server handshake runs: it still finishes. */
@@ -1272,21 +943,21 @@ test_unconfigure_midway(void)
     uint8_t buf[256];
     size_t n;
     void *cfg = layer_cfg(SPEC_COOKIE, NULL);
-    struct raw r;
-    struct sl_pipe *lower = raw_new(&r, RAW_FD);
-    struct wres w;
+    struct wh_raw r;
+    struct sl_pipe *lower = wh_raw_new(&r, WH_RAW_FD);
+    struct wh_wres w;
     void *op;
 
     fixed_reset();
     fixed_spec(SL_ROLE_SERVER);
-    start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
-    ops->unconfigure(cfg);
+    wh_start_wrap(cfg, lower, SL_ROLE_SERVER, &w, &op);
+    wh_ops->unconfigure(cfg);
     n = unhex(HEX_HS_C HEX_PAD_C, buf, sizeof(buf));
-    raw_write(&r, buf, n);
-    CU_ASSERT(run_until(wres_called, &w, WAIT_MS));
+    wh_raw_write(&r, buf, n);
+    CU_ASSERT(wh_run_until(wh_wres_called, &w, WH_WAIT_MS));
     CU_ASSERT(w.p != NULL);
     sl_pipe_free(w.p);
-    raw_free(&r);
+    wh_raw_free(&r);
 }
 
 /* ---- probes over TCP: refused in silence until the deadline -------------- */
@@ -1327,7 +998,7 @@ srv_start(struct srv *sv)
     sv->stack = sl_stack_parse("tcp addr=127.0.0.1:0 | sosistab3 "
                                "cookie=" SPEC_COOKIE, &e);
     CU_ASSERT_FATAL(sv->stack != NULL);
-    sv->l = sl_listener_new(sv->stack, base, srv_accept, sv, &e);
+    sv->l = sl_listener_new(sv->stack, wh_base, srv_accept, sv, &e);
     CU_ASSERT_FATAL(sv->l != NULL);
     CU_ASSERT_FATAL(sl_listener_local_addr(sv->l, sv->addr,
                                            sizeof(sv->addr)) == 0);
@@ -1340,7 +1011,7 @@ srv_stop(struct srv *sv)
         sl_pipe_free(sv->pipes[i]);
     sl_listener_free(sv->l);
     sl_stack_free(sv->stack);
-    run_for(5);
+    wh_run_for(5);
 }
 
 /* A client hello for the spec cookie: timestamp skew seconds off. */
@@ -1370,20 +1041,20 @@ static void
 probe(struct srv *sv, const uint8_t *bytes, size_t n, bool shut,
       const char *what)
 {
-    struct raw r;
-    int64_t t0 = now_ms();
+    struct wh_raw r;
+    int64_t t0 = sl_now_ms();
     int before = sv->accepted;
 
     raw_connect(&r, sv->addr);
-    raw_write(&r, bytes, n);
+    wh_raw_write(&r, bytes, n);
     if (shut)
-        raw_shutdown(&r);
-    run_for(DEADLINE_MS / 2);
-    raw_pump(&r);
+        wh_raw_shutdown(&r);
+    wh_run_for(DEADLINE_MS / 2);
+    wh_raw_pump(&r);
     if (r.eof || evbuffer_get_length(r.acc) != 0)
         fprintf(stderr, "\n  %s: reacted before the deadline\n", what);
     CU_ASSERT(!r.eof);
-    CU_ASSERT(run_until(raw_closed, &r, DEADLINE_MS + WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, DEADLINE_MS + WH_WAIT_MS));
     if (evbuffer_get_length(r.acc) != 0)
         fprintf(stderr, "\n  %s: the server sent %zu bytes\n", what,
                 evbuffer_get_length(r.acc));
@@ -1391,22 +1062,22 @@ probe(struct srv *sv, const uint8_t *bytes, size_t n, bool shut,
     CU_ASSERT(r.closed_at - t0 >= DEADLINE_MS - 5);
     CU_ASSERT(r.closed_at - t0 < DEADLINE_MS + 2000);
     CU_ASSERT(sv->accepted == before);
-    raw_free(&r);
+    wh_raw_free(&r);
 }
 
 /* A good hello on a fresh connection: the server answers. */
 static void
 probe_accepted(struct srv *sv, const uint8_t *bytes, size_t n)
 {
-    struct raw r;
-    struct raw_want w = { &r, S3_HS_LEN };
+    struct wh_raw r;
+    struct wh_raw_want w = { &r, S3_HS_LEN };
 
     raw_connect(&r, sv->addr);
-    raw_write(&r, bytes, n);
-    CU_ASSERT(run_until(raw_has, &w, WAIT_MS));
+    wh_raw_write(&r, bytes, n);
+    CU_ASSERT(wh_run_until(wh_raw_has, &w, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(r.acc) >= S3_HS_LEN &&
               evbuffer_get_length(r.acc) <= S3_HS_LEN + S3_HS_PAD_SEND_MAX);
-    raw_free(&r);
+    wh_raw_free(&r);
 }
 
 static void
@@ -1455,7 +1126,7 @@ test_probe_replay(void)
     fixed_reset();
     srv_start(&sv);
     probe_accepted(&sv, hello, n);
-    run_for(20);
+    wh_run_for(20);
     probe(&sv, hello, n, false, "replayed handshake");
     srv_stop(&sv);
 }
@@ -1533,7 +1204,7 @@ test_probe_real_deadline(void)
 {
     uint8_t junk[200];
     struct srv sv;
-    struct raw r;
+    struct wh_raw r;
     long pipes0 = sl_pipe_count();
 
     randombytes_buf(junk, sizeof(junk));
@@ -1541,13 +1212,13 @@ test_probe_real_deadline(void)
     hooks.deadline_ms = 0;
     srv_start(&sv);
     raw_connect(&r, sv.addr);
-    raw_write(&r, junk, sizeof(junk));
-    CU_ASSERT(!run_until(raw_closed, &r, 1000));
+    wh_raw_write(&r, junk, sizeof(junk));
+    CU_ASSERT(!wh_run_until(wh_raw_closed, &r, 1000));
     CU_ASSERT(evbuffer_get_length(r.acc) == 0);
     srv_stop(&sv);
-    CU_ASSERT(run_until(raw_closed, &r, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_raw_closed, &r, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(r.acc) == 0);
-    raw_free(&r);
+    wh_raw_free(&r);
     fixed_reset();
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
@@ -1594,8 +1265,8 @@ test_end_to_end(void)
     struct sl_dialer *d;
     struct sl_error e;
     struct dialed dd = { 0, NULL };
-    struct user uc, us;
-    struct want w;
+    struct wh_user uc, us;
+    struct wh_want w;
     char text[128], remote[64];
 
     fixed_reset();
@@ -1605,33 +1276,33 @@ test_end_to_end(void)
     sl_error_clear(&e);
     d = sl_dialer_parse(text, &e);
     CU_ASSERT_FATAL(d != NULL);
-    CU_ASSERT_FATAL(sl_dialer_dial(d, base, on_dialed, &dd, NULL, &e) == 0);
-    CU_ASSERT_FATAL(run_until(dialed, &dd, WAIT_MS) && dd.p != NULL);
-    CU_ASSERT_FATAL(run_until(srv_has_pipe, &sv, WAIT_MS));
+    CU_ASSERT_FATAL(sl_dialer_dial(d, wh_base, on_dialed, &dd, NULL, &e) == 0);
+    CU_ASSERT_FATAL(wh_run_until(dialed, &dd, WH_WAIT_MS) && dd.p != NULL);
+    CU_ASSERT_FATAL(wh_run_until(srv_has_pipe, &sv, WH_WAIT_MS));
     CU_ASSERT(sl_pipe_query(dd.p, SL_Q_SHARED_SECRET, ssc, &lc) == 0);
     CU_ASSERT(sl_pipe_query(sv.pipes[0], SL_Q_SHARED_SECRET, sss, &ls) == 0);
     CU_ASSERT(lc == 32 && ls == 32 && memcmp(ssc, sss, 32) == 0);
     CU_ASSERT_STRING_EQUAL(sl_pipe_remote_addr(dd.p, remote, sizeof(remote)),
                            sv.addr);
-    user_attach(&uc, dd.p);
-    user_attach(&us, sv.pipes[0]);
+    wh_user_attach(&uc, dd.p);
+    wh_user_attach(&us, sv.pipes[0]);
     randombytes_buf(data, big);
     bufferevent_write(sl_pipe_get0_bev(dd.p), data, big);
     w.u = &us;
     w.n = big;
-    CU_ASSERT(run_until(user_has, &w, 20000));
+    CU_ASSERT(wh_run_until(wh_user_has, &w, 20000));
     CU_ASSERT(evbuffer_get_length(us.in) == big &&
               memcmp(evbuffer_pullup(us.in, -1), data, big) == 0);
     bufferevent_write(sl_pipe_get0_bev(sv.pipes[0]), "pong", 4);
     w.u = &uc;
     w.n = 4;
-    CU_ASSERT(run_until(user_has, &w, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_has, &w, WH_WAIT_MS));
     CU_ASSERT(evbuffer_get_length(uc.in) == 4);
     sl_pipe_free(dd.p);
-    CU_ASSERT(run_until(user_ended, &us, WAIT_MS));
+    CU_ASSERT(wh_run_until(wh_user_ended, &us, WH_WAIT_MS));
     CU_ASSERT(us.eof || us.error);
-    user_free(&uc);
-    user_free(&us);
+    wh_user_free(&uc);
+    wh_user_free(&us);
     sl_dialer_free(d);
     srv_stop(&sv);
     free(data);
@@ -1647,19 +1318,20 @@ test_options(void)
     struct sl_error e;
 
     sl_error_clear(&e);
-    CU_ASSERT(sl_opts_check(o, ops->opts, "sosistab3", &e) != 0); /* cookie */
+    /* cookie */
+    CU_ASSERT(sl_opts_check(o, wh_ops->opts, "sosistab3", &e) != 0);
     sl_opts_free(o);
     o = sl_opts_new();
     sl_error_clear(&e);
     sl_opts_add(o, "cookie", "x", &e);
     sl_opts_add(o, "record_size", "2M", &e);
-    CU_ASSERT(sl_opts_check(o, ops->opts, "sosistab3", &e) != 0);
+    CU_ASSERT(sl_opts_check(o, wh_ops->opts, "sosistab3", &e) != 0);
     sl_opts_free(o);
     o = sl_opts_new();
     sl_error_clear(&e);
     sl_opts_add(o, "cookie", "x", &e);
     sl_opts_add(o, "aead", "chacha", &e);
-    CU_ASSERT(sl_opts_check(o, ops->opts, "sosistab3", &e) != 0);
+    CU_ASSERT(sl_opts_check(o, wh_ops->opts, "sosistab3", &e) != 0);
     sl_opts_free(o);
     /* Every backend interoperates with the spec's bytes. */
     {
@@ -1667,16 +1339,16 @@ test_options(void)
 
         for (int i = 0; i < 3; i++) {
             void *cfg = layer_cfg(SPEC_COOKIE, "aead", aeads[i], NULL);
-            struct raw r;
-            struct sl_pipe *p = spec_client_pipe(cfg, &r, RAW_BEV);
+            struct wh_raw r;
+            struct sl_pipe *p = spec_client_pipe(cfg, &r, WH_RAW_BEV);
             uint8_t got[64], want[64];
             size_t n = unhex(HEX_REC_HELLO, want, sizeof(want));
 
             bufferevent_write(sl_pipe_get0_bev(p), "hello", 5);
-            CU_ASSERT(raw_read(&r, got, n) && memcmp(got, want, n) == 0);
+            CU_ASSERT(wh_raw_read(&r, got, n) && memcmp(got, want, n) == 0);
             sl_pipe_free(p);
-            raw_free(&r);
-            ops->unconfigure(cfg);
+            wh_raw_free(&r);
+            wh_ops->unconfigure(cfg);
         }
     }
 }
@@ -1739,7 +1411,7 @@ pipe_pair(struct sl_pipe **a, struct sl_pipe **b)
 {
     struct bufferevent *pair[2];
 
-    CU_ASSERT_FATAL(bufferevent_pair_new(base, 0, pair) == 0);
+    CU_ASSERT_FATAL(bufferevent_pair_new(wh_base, 0, pair) == 0);
     *a = sl_pipe_new("raw", pair[0], NULL, NULL, NULL);
     *b = sl_pipe_new("raw", pair[1], NULL, NULL, NULL);
     CU_ASSERT_FATAL(*a != NULL && *b != NULL);
@@ -1747,7 +1419,7 @@ pipe_pair(struct sl_pipe **a, struct sl_pipe **b)
 
 struct hs_set {
     int n;
-    struct wres *w;
+    struct wh_wres *w;
 };
 
 static bool
@@ -1762,7 +1434,7 @@ all_called(void *arg)
 }
 
 static void
-wres_release(struct wres *w)
+wres_release(struct wh_wres *w)
 {
     sl_pipe_free(w->p);
     w->p = NULL;
@@ -1777,7 +1449,7 @@ test_accept_queue(void)
     long pipes0 = sl_pipe_count();
     void *cfg = layer_cfg("queue-cookie", "accept_queue", "2", NULL);
     struct sl_pipe *cl[4], *sv[4];
-    struct wres wc[4], ws[4];
+    struct wh_wres wc[4], ws[4];
     struct hs_set set = { 3, NULL };
     void *op;
     int ok = 0, full = 0;
@@ -1785,12 +1457,12 @@ test_accept_queue(void)
     fixed_reset();
     for (int i = 0; i < 3; i++) {
         pipe_pair(&cl[i], &sv[i]);
-        start_wrap(cfg, sv[i], SL_ROLE_SERVER, &ws[i], &op);
+        wh_start_wrap(cfg, sv[i], SL_ROLE_SERVER, &ws[i], &op);
     }
     for (int i = 0; i < 3; i++)
-        start_wrap(cfg, cl[i], SL_ROLE_CLIENT, &wc[i], &op);
+        wh_start_wrap(cfg, cl[i], SL_ROLE_CLIENT, &wc[i], &op);
     set.w = ws;
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     for (int i = 0; i < 3; i++) {
         CU_ASSERT(ws[i].calls == 1);
         if (ws[i].p != NULL) {
@@ -1804,21 +1476,21 @@ test_accept_queue(void)
     CU_ASSERT(ok == 2 && full == 1);
     /* Taken: there is room again. */
     pipe_pair(&cl[3], &sv[3]);
-    start_wrap(cfg, sv[3], SL_ROLE_SERVER, &ws[3], &op);
-    start_wrap(cfg, cl[3], SL_ROLE_CLIENT, &wc[3], &op);
+    wh_start_wrap(cfg, sv[3], SL_ROLE_SERVER, &ws[3], &op);
+    wh_start_wrap(cfg, cl[3], SL_ROLE_CLIENT, &wc[3], &op);
     set.n = 1;
     set.w = &ws[3];
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     CU_ASSERT(ws[3].p != NULL);
     set.n = 4;
     set.w = wc;
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     for (int i = 0; i < 4; i++) {
         wres_release(&wc[i]);
         wres_release(&ws[i]);
     }
-    run_for(20);
-    ops->unconfigure(cfg);
+    wh_run_for(20);
+    wh_ops->unconfigure(cfg);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1827,27 +1499,27 @@ static void
 test_start_wait(void)
 {
     long pipes0 = sl_pipe_count();
-    int64_t t0 = now_ms();
+    int64_t t0 = sl_now_ms();
     void *cfg = layer_cfg("wait-cookie", "start_wait", "300ms", NULL);
     struct sl_pipe *cl, *sv;
-    struct wres wc, ws;
+    struct wh_wres wc, ws;
     struct hs_set set = { 1, &ws };
     void *op;
 
     fixed_reset();
     pipe_pair(&cl, &sv);
-    start_wrap(cfg, sv, SL_ROLE_SERVER, &ws, &op);
-    start_wrap(cfg, cl, SL_ROLE_CLIENT, &wc, &op);
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    wh_start_wrap(cfg, sv, SL_ROLE_SERVER, &ws, &op);
+    wh_start_wrap(cfg, cl, SL_ROLE_CLIENT, &wc, &op);
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     CU_ASSERT(ws.p != NULL);
     CU_ASSERT(ws.at - t0 >= 300);
     set.w = &wc;
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     CU_ASSERT(wc.p != NULL);
     wres_release(&wc);
     wres_release(&ws);
-    run_for(20);
-    ops->unconfigure(cfg);
+    wh_run_for(20);
+    wh_ops->unconfigure(cfg);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1859,7 +1531,7 @@ test_wait_env(void)
     long pipes0 = sl_pipe_count();
     void *cfg, *cfg0;
     struct sl_pipe *cl, *sv;
-    struct wres wc, ws;
+    struct wh_wres wc, ws;
     struct hs_set set = { 1, &ws };
     void *op_s, *op_c;
 
@@ -1869,32 +1541,32 @@ test_wait_env(void)
     cfg0 = layer_cfg("env-cookie", "start_wait", "0", NULL);
     unsetenv("SOSISTAB3_WAIT");
     pipe_pair(&cl, &sv);
-    start_wrap(cfg, sv, SL_ROLE_SERVER, &ws, &op_s);
-    start_wrap(cfg, cl, SL_ROLE_CLIENT, &wc, &op_c);
-    run_for(100);
+    wh_start_wrap(cfg, sv, SL_ROLE_SERVER, &ws, &op_s);
+    wh_start_wrap(cfg, cl, SL_ROLE_CLIENT, &wc, &op_c);
+    wh_run_for(100);
     CU_ASSERT(ws.calls == 0 && wc.calls == 0);
-    ops->cancel(op_s);
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    wh_ops->cancel(op_s);
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     CU_ASSERT(ws.p == NULL && ws.err.code == SL_ECANCELED);
     /* A pair end says nothing when its partner goes: cancel the client. */
-    ops->cancel(op_c);
+    wh_ops->cancel(op_c);
     set.w = &wc;
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     CU_ASSERT(wc.p == NULL);
     /* start_wait=0 overrides the environment. */
     pipe_pair(&cl, &sv);
-    start_wrap(cfg0, sv, SL_ROLE_SERVER, &ws, &op_s);
-    start_wrap(cfg0, cl, SL_ROLE_CLIENT, &wc, &op_c);
+    wh_start_wrap(cfg0, sv, SL_ROLE_SERVER, &ws, &op_s);
+    wh_start_wrap(cfg0, cl, SL_ROLE_CLIENT, &wc, &op_c);
     set.w = &ws;
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     set.w = &wc;
-    CU_ASSERT(run_until(all_called, &set, WAIT_MS));
+    CU_ASSERT(wh_run_until(all_called, &set, WH_WAIT_MS));
     CU_ASSERT(ws.p != NULL && wc.p != NULL);
     wres_release(&wc);
     wres_release(&ws);
-    run_for(20);
-    ops->unconfigure(cfg);
-    ops->unconfigure(cfg0);
+    wh_run_for(20);
+    wh_ops->unconfigure(cfg);
+    wh_ops->unconfigure(cfg0);
     CU_ASSERT(sl_pipe_count() == pipes0);
 }
 
@@ -1980,15 +1652,15 @@ main(void)
         return 2;
     }
     l = sl_layer_find("sosistab3");
-    ops = sl_layer_get0_ops(l);
-    plugin_ctx = sl_layer_get0_plugin_ctx(l);
-    base = event_base_new();
+    wh_ops = sl_layer_get0_ops(l);
+    wh_plugin_ctx = sl_layer_get0_plugin_ctx(l);
+    wh_base = event_base_new();
     fixed_reset();
     s3_test_set_hooks(&hooks);
     rc = cu_run("sosistab3", tests);
     s3_test_set_hooks(NULL);
-    sl_resolver_release(base);
-    event_base_free(base);
+    sl_resolver_release(wh_base);
+    event_base_free(wh_base);
     sl_loader_unload_all();
     return rc;
 }

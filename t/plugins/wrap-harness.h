@@ -1,11 +1,11 @@
-/* wrap-harness.h - what the unit tests of wrap layers (hex, conntest, tls)
- * share: a bounded event loop, a configured layer, a wrap and its result,
- * a pipe's user, and a raw peer on the far side of the lower pipe (a
- * socketpair or a bufferevent pair).
+/* wrap-harness.h - what the unit tests of wrap layers (hex, conntest, tls,
+ * e2e, sosistab3) share: a bounded event loop, a configured layer, a wrap
+ * and its result, a pipe's user, and a raw peer on the far side of the
+ * lower pipe (a socketpair or a bufferevent pair).
  *
- * Include it once, from one test program, after defining nothing; the test
- * sets wh_ops and wh_plugin_ctx to the layer under test and creates
- * wh_base.
+ * Include it once, from one test program (which may define WH_WAIT_MS, the
+ * longest wait for bytes, first); the test sets wh_ops and wh_plugin_ctx
+ * to the layer under test and creates wh_base.
  */
 #ifndef SILLAD_T_WRAP_HARNESS_H
 #define SILLAD_T_WRAP_HARNESS_H
@@ -25,7 +25,9 @@
 #include "../cu.h"
 #include "sillad.h"
 
+#ifndef WH_WAIT_MS
 #define WH_WAIT_MS 3000
+#endif
 
 static struct event_base *wh_base;
 static const struct sl_layer_ops *wh_ops;
@@ -146,6 +148,7 @@ struct wh_wres {
     bool inside;             /* done ran inside one of them */
     struct sl_pipe *p;
     struct sl_error err;
+    int64_t at;              /* when done ran (sl_now_ms) */
 };
 
 static inline void
@@ -155,6 +158,7 @@ wh_wrap_done(struct sl_pipe *p, const struct sl_error *err, void *arg)
 
     w->calls++;
     w->inside |= w->in_call;
+    w->at = sl_now_ms();
     if (p != NULL && w->p == NULL)
         w->p = p;
     else
@@ -273,6 +277,9 @@ struct wh_raw {
     struct bufferevent *bev;
     struct evbuffer *acc;    /* everything received */
     bool eof, reset;
+    int64_t closed_at;       /* when eof was seen (sl_now_ms) */
+    uint8_t ss[64];          /* what the lower pipe says it shares */
+    size_t ss_len;           /* 0: it shares nothing (SL_ENOENT) */
 };
 
 static inline void
@@ -281,8 +288,10 @@ wh_raw_bev_event(struct bufferevent *bev, short what, void *arg)
     struct wh_raw *r = arg;
 
     (void)bev;
-    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+    if ((what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) && !r->eof) {
         r->eof = true;
+        r->closed_at = sl_now_ms();
+    }
 }
 
 static inline void
@@ -304,6 +313,7 @@ wh_raw_pump(struct wh_raw *r)
             return;
         r->eof = true;
         r->reset = n < 0;
+        r->closed_at = sl_now_ms();
     }
 }
 
@@ -321,12 +331,31 @@ wh_raw_lower_shutdown(void *layer_ctx, struct sl_pipe *p)
     return 0;
 }
 
+/* The lower pipe answers SL_Q_SHARED_SECRET with the raw peer's ss. */
+static inline int
+wh_raw_lower_query(void *layer_ctx, int what, void *out, size_t *len)
+{
+    struct wh_raw *r = layer_ctx;
+
+    if (what != SL_Q_SHARED_SECRET)
+        return SL_ENOTSUP;
+    if (r->ss_len == 0)
+        return SL_ENOENT;
+    if (*len < r->ss_len)
+        return SL_EINVAL;
+    memcpy(out, r->ss, r->ss_len);
+    *len = r->ss_len;
+    return 0;
+}
+
 static const struct sl_pipe_ops wh_raw_lower_ops = {
     .struct_size = sizeof(struct sl_pipe_ops),
     .shutdown_write = wh_raw_lower_shutdown,
+    .query = wh_raw_lower_query,
 };
 
-/* A lower pipe for the layer, and the raw end facing it. */
+/* A lower pipe for the layer, and the raw end facing it.  r must outlive
+ * the pipe (it answers the pipe's queries). */
 static inline struct sl_pipe *
 wh_raw_new(struct wh_raw *r, enum wh_raw_kind kind)
 {
@@ -354,7 +383,7 @@ wh_raw_new(struct wh_raw *r, enum wh_raw_kind kind)
         bufferevent_enable(r->bev, EV_READ | EV_WRITE);
     }
     CU_ASSERT_FATAL(bev != NULL);
-    return sl_pipe_new("raw", bev, NULL, &wh_raw_lower_ops, NULL);
+    return sl_pipe_new("raw", bev, NULL, &wh_raw_lower_ops, r);
 }
 
 static inline void
