@@ -139,9 +139,10 @@ core_resolve(struct event_base *base, const char *host, const char *port,
     hints.ai_family = family;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_protocol = IPPROTO_TCP;
-    hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV |
-                     EVUTIL_AI_ADDRCONFIG;
-    /* Numeric addresses need no resolver. */
+    /* Numeric addresses need no resolver.  No AI_ADDRCONFIG here: a
+     * literal names one address whatever the interfaces, and glibc would
+     * answer that flag with two netlink dumps on every call. */
+    hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_NUMERICSERV;
     if (evutil_getaddrinfo(host, port, &hints, &rq->ai) == 0) {
         event_active(rq->ev, EV_TIMEOUT, 0);
         return rq;

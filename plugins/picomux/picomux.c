@@ -89,6 +89,9 @@
 #define RX_SLICE_MIN 2048       /* smaller received bodies are copied */
 #define RX_BLK_MIN 16384        /* smaller lower chains are not blocks */
 #define TX_BLK_MIN 2048         /* smaller user chains are copied */
+/* An open asks for a PING only when nothing has come from the peer for
+ * this long: bytes that just arrived already show the session alive. */
+#define OPEN_PING_QUIET_MS 1000
 #define HDR_PAGE 4096           /* PSH headers sent, 512 to a page */
 
 enum { SLOT_EMPTY = 0, SLOT_LIVE = 1, SLOT_TOMB = 2 };
@@ -193,6 +196,7 @@ struct pm_session {
     uint64_t streams_refused;       /* SYNs answered with a FIN */
     struct sl_error why;
     int busy;                       /* inside on_stream / on_dead */
+    int64_t heard_ms;               /* when the lower pipe last had input */
     unsigned ping_outstanding : 1;
     unsigned ping_again : 1;        /* an open asked while one was out */
     unsigned dead : 1;
@@ -774,11 +778,13 @@ on_pong(struct pm_session *s)
     }
 }
 
-/* Every open forces a PING (§8), merged while one is out. */
+/* An open forces a PING (§8), merged while one is out, unless the peer
+ * was heard from within OPEN_PING_QUIET_MS. */
 static void
 ping_on_open(struct pm_session *s)
 {
-    if (s->p.ping_interval_ms == 0)
+    if (s->p.ping_interval_ms == 0 ||
+        now_ms() - s->heard_ms < OPEN_PING_QUIET_MS)
         return;
     if (s->ping_outstanding) {
         s->ping_again = 1;
@@ -1082,6 +1088,41 @@ bw_sample(struct pm_stream *st, size_t len)
     st->bw_pending = 0.0;
 }
 
+static uint32_t
+min_quantum(const struct pm_stream *st)
+{
+    uint32_t q = st->target / 10;
+
+    return q < 1 ? 1 : q > PM_MIN_QUANTUM_MAX ? PM_MIN_QUANTUM_MAX : q;
+}
+
+/* The first MORE of a stream waits while the peer still holds more than
+ * half of its initial credits: it then rides with the next frame of data
+ * we send on the stream (more_first), or goes when the peer is down to
+ * half.  A short request and its answer then cost no MORE frame, and so
+ * no extra write and wakeup on either side. */
+static int
+more_first_waits(const struct pm_stream *st, uint64_t grant)
+{
+    return st->granted + grant == PM_INIT_WINDOW &&
+           st->remote_window > PM_INIT_WINDOW / 2;
+}
+
+/* Sends the first MORE if more_first_waits held it back. */
+static void
+more_first(struct pm_session *s, struct pm_stream *st)
+{
+    uint64_t grant;
+
+    if (st->granted != PM_INIT_WINDOW || st->remote_window == PM_INIT_WINDOW ||
+        (uint64_t)st->remote_window + min_quantum(st) > st->target)
+        return;
+    grant = st->target - st->remote_window;
+    st->remote_window = st->target;
+    st->granted += grant;
+    out_more(s, st->id, grant);
+}
+
 /* Counts frames that have fully moved to the user and runs §7.3 for each:
  * MORE once the grant is worth a quantum. */
 static void
@@ -1099,15 +1140,11 @@ rx_account(struct pm_stream *st)
     st->moved = moved;
     while (st->fr_len > 0 && st->carry >= st->fr[st->fr_head]) {
         uint32_t len = st->fr[st->fr_head];
-        uint32_t min_q = st->target / 10;
+        uint32_t min_q = min_quantum(st);
 
         st->carry -= len;
         st->fr_head = (st->fr_head + 1) % st->fr_cap;
         st->fr_len--;
-        if (min_q < 1)
-            min_q = 1;
-        if (min_q > PM_MIN_QUANTUM_MAX)
-            min_q = PM_MIN_QUANTUM_MAX;
         if (s->p.debloat) {
             double t;
 
@@ -1121,7 +1158,8 @@ rx_account(struct pm_stream *st)
         }
         /* received <= granted keeps this above 0 (see on_psh). */
         st->remote_window--;
-        if ((uint64_t)st->remote_window + min_q <= st->target) {
+        if ((uint64_t)st->remote_window + min_q <= st->target &&
+            !more_first_waits(st, grant)) {
             grant += st->target - st->remote_window;
             st->remote_window = st->target;
         }
@@ -1844,6 +1882,7 @@ pump(struct pm_session *s)
             if (n > 0 && st->credits > 0) {
                 size_t take = n < PM_MSS ? n : PM_MSS;
 
+                more_first(s, st);
                 tx_frame(s, st, take);
                 st->credits--;
                 s->bytes_sent += take;
@@ -2009,8 +2048,11 @@ deliver_cb(evutil_socket_t fd, short what, void *arg)
 static void
 lower_readcb(struct bufferevent *bev, void *arg)
 {
+    struct pm_session *s = arg;
+
     (void)bev;
-    process_input(arg);
+    s->heard_ms = now_ms();
+    process_input(s);
 }
 
 static void

@@ -466,6 +466,28 @@ raw_alive(struct raw *r)
     }
 }
 
+/* Like raw_alive, and no frame with command cmd came before the PONG. */
+static bool
+raw_alive_without(struct raw *r, uint8_t cmd)
+{
+    uint8_t body[PM_PING_BODY_MAX], got[PM_BODY_MAX];
+    struct pm_hdr h;
+    size_t n = pm_ping_body_write(5, body);
+    bool seen = false;
+
+    raw_frame(r, PM_CMD_PING, 0, body, n);
+    for (;;) {
+        int k = raw_next(r, &h, got, WAIT_MS);
+
+        if (k <= 0)
+            return false;
+        if (h.cmd == cmd)
+            seen = true;
+        if (h.cmd == PM_CMD_PONG)
+            return r->ss.dead == 0 && !seen;
+    }
+}
+
 static uint8_t frame_body[PM_BODY_MAX];
 
 /* ---- raw tests ---------------------------------------------------------- */
@@ -565,7 +587,8 @@ got_stream(void *arg)
 static void
 test_syn_meta_psh_fin_echo(void)
 {
-    /* §14's example: SYN with metadata, PSH "hello", then FIN. */
+    /* §14's example: SYN with metadata, PSH "hello", then FIN; and our
+     * answer "world", which brings the first MORE along. */
     static const uint8_t more1491[] = {
         0x01, 0x04, 0x02, 0x00, 0x78, 0x56, 0x34, 0x12, 0xd3, 0x05
     };
@@ -588,12 +611,20 @@ test_syn_meta_psh_fin_echo(void)
                       &pe);
     bufferevent_enable(sl_pipe_get0_bev(r.ss.got[0]), EV_READ);
     raw_frame(&r, PM_CMD_PSH, 0x12345678, "hello", 5);
-    /* Debloat off: the first delivered frame raises the window to 1500. */
+    /* Debloat off: the first delivered frame would raise the window to
+     * 1500, but the MORE waits while the peer has 9 credits left... */
+    CU_ASSERT(raw_alive_without(&r, PM_CMD_MORE));
+    /* ...and goes with the first data frame of the stream. */
+    evbuffer_add(bufferevent_get_output(sl_pipe_get0_bev(r.ss.got[0])),
+                 "world", 5);
     CU_ASSERT_FATAL(raw_expect(&r, PM_CMD_MORE, &h, frame_body, WAIT_MS)
                     == 1);
     pm_hdr_encode(wire, h.cmd, h.body_len, h.stream_id);
     memcpy(wire + PM_HDR_LEN, frame_body, 2);
     CU_ASSERT(memcmp(wire, more1491, sizeof(more1491)) == 0);
+    CU_ASSERT_FATAL(raw_expect(&r, PM_CMD_PSH, &h, frame_body, WAIT_MS)
+                    == 1);
+    CU_ASSERT(h.body_len == 5 && memcmp(frame_body, "world", 5) == 0);
     raw_frame(&r, PM_CMD_FIN, 0x12345678, NULL, 0);
     /* The FIN echo. */
     CU_ASSERT_FATAL(raw_expect(&r, PM_CMD_FIN, &h, frame_body, WAIT_MS)
@@ -1028,7 +1059,8 @@ test_debloat_first_more(void)
     uint16_t incr;
 
     /* §7.4's worked example: the first PSH ~50 ms after the SYN brings
-     * no MORE (the quantum is still 150), the second a MORE near 110. */
+     * no MORE (the quantum is still 150), the second a MORE near 110 in
+     * Rust; here that MORE waits until the peer is down to 5 credits. */
     CU_ASSERT_FATAL(raw_open(&r, "debloat=true"));
     raw_frame(&r, PM_CMD_SYN, 31, NULL, 0);
     CU_ASSERT_FATAL(run_until(got_stream, &r.ss, WAIT_MS));
@@ -1037,17 +1069,51 @@ test_debloat_first_more(void)
     raw_frame(&r, PM_CMD_PSH, 31, "a", 1);
     k = raw_expect(&r, PM_CMD_MORE, &h, frame_body, QUIET_MS);
     CU_ASSERT(k == 0);
-    raw_frame(&r, PM_CMD_PSH, 31, "b", 1);
+    for (int i = 0; i < 3; i++) {
+        raw_frame(&r, PM_CMD_PSH, 31, "b", 1);
+        CU_ASSERT(raw_alive_without(&r, PM_CMD_MORE));
+    }
+    raw_frame(&r, PM_CMD_PSH, 31, "e", 1);
     k = raw_expect(&r, PM_CMD_MORE, &h, frame_body, WAIT_MS);
     CU_ASSERT_FATAL(k == 1);
     incr = pm_more_decode(frame_body);
     if (verbose)
-        printf("\n  debloat: first MORE %u after the second PSH\n", incr);
+        printf("\n  debloat: first MORE %u after the fifth PSH\n", incr);
     CU_ASSERT(h.stream_id == 31);
-    /* target = estimate / 8 KiB (~1 MB/s decaying for ~0.2 s), less the
-     * 8 credits left: about 110 right away, somewhat less here after the
-     * quiet wait. */
+    /* target = estimate / 8 KiB (~1 MB/s decaying for a few tenths of a
+     * second), less the 5 credits left: about 110. */
     CU_ASSERT(incr >= 60 && incr <= 120);
+    raw_close(&r);
+}
+
+static void
+test_first_more_at_half(void)
+{
+    struct raw r;
+    struct pm_hdr h;
+
+    /* Debloat off, nothing to send back: no MORE while the peer holds 6
+     * credits or more, then one topping the window up to 1500. */
+    CU_ASSERT_FATAL(raw_open(&r, ""));
+    raw_frame(&r, PM_CMD_SYN, 33, NULL, 0);
+    CU_ASSERT_FATAL(run_until(got_stream, &r.ss, WAIT_MS));
+    bufferevent_enable(sl_pipe_get0_bev(r.ss.got[0]), EV_READ);
+    for (int i = 0; i < 4; i++)
+        raw_frame(&r, PM_CMD_PSH, 33, "abcd", 4);
+    CU_ASSERT(raw_alive_without(&r, PM_CMD_MORE));
+    raw_frame(&r, PM_CMD_PSH, 33, "e", 1);
+    CU_ASSERT_FATAL(raw_expect(&r, PM_CMD_MORE, &h, frame_body, WAIT_MS)
+                    == 1);
+    CU_ASSERT(h.stream_id == 33);
+    CU_ASSERT(pm_more_decode(frame_body) == 1495);
+    /* From then on, §7.3 as in Rust: the next MORE after 150 frames. */
+    for (int i = 0; i < 149; i++)
+        raw_frame(&r, PM_CMD_PSH, 33, "f", 1);
+    CU_ASSERT(raw_alive_without(&r, PM_CMD_MORE));
+    raw_frame(&r, PM_CMD_PSH, 33, "g", 1);
+    CU_ASSERT_FATAL(raw_expect(&r, PM_CMD_MORE, &h, frame_body, WAIT_MS)
+                    == 1);
+    CU_ASSERT(pm_more_decode(frame_body) == 150);
     raw_close(&r);
 }
 
@@ -1863,9 +1929,10 @@ test_stalled_stream_bound(void)
     ubev = sl_pipe_get0_bev(bt.user);
     sl_pipe_setcb(bt.user, blk_user_stall, NULL, NULL, &bt);
     bufferevent_enable(ubev, EV_READ | EV_WRITE);
-    /* The first round is delivered (the window opens to 1500), then the
-     * reader stalls. */
-    blk_chunk(&bt, buf);
+    /* The first rounds are delivered (the window opens to 1500 once
+     * the peer is down to half its 10 credits), then the reader stalls. */
+    for (int i = 0; i < 3; i++)
+        blk_chunk(&bt, buf);
     CU_ASSERT_FATAL(run_until(blk_first, &bt, WAIT_MS));
     CU_ASSERT_FATAL(run_until(blk_taken, &bt, WAIT_MS));
     run_for(10);
@@ -2082,6 +2149,8 @@ main(void)
         { "session_free inside on_stream", test_free_inside_on_stream },
         { "liveness: silent peer detected within the timeout",
           test_liveness },
+        { "first MORE: with our data, or at half the credits",
+          test_first_more_at_half },
         { "debloat: no MORE after the first PSH, ~110 after the second",
           test_debloat_first_more },
         { "window overrun closes only that stream",
