@@ -861,6 +861,13 @@ conn_open(struct conn *cn, struct slot *sl)
         return;
     }
     free(cmd);
+    /* What the client sent after its request (early data: a pipelining
+     * SOCKS client's first bytes) follows the SYN at once, so the exit
+     * can pass it on as soon as it has connected, instead of a round
+     * trip later.  The exit holds it until then; a refused tunnel drops
+     * it with the stream. */
+    evbuffer_add_buffer(bufferevent_get_output(sl_pipe_get0_bev(cn->stream)),
+                        bufferevent_get_input(sl_pipe_get0_bev(cn->in)));
     cn->slot = sl;
     cn->gen = sl->gen;
     sl->inflight++;

@@ -662,6 +662,15 @@ on_resolved(int err, const char *why, const struct addrinfo *ai, void *arg)
         tunnel_fail(t, TUN_FAIL_DNS ": no IPv4 or IPv6 address");
         return;
     }
+    if (n == 1) {
+        /* One address: tcp's own connect timeout is the whole bound, and
+         * the two combinators would only cost time on every tunnel. */
+        size_t from = (size_t)(strstr(text, "tcp addr=") - text);
+
+        len = strlen(text) - from - 2;          /* without the "))" */
+        memmove(text, text + from, len);
+        text[len] = '\0';
+    }
     sl_error_clear(&e);
     t->state = T_CONNECT;
     t->dialer = sl_dialer_parse(text, &e);

@@ -182,55 +182,129 @@ tun_msg_put(struct evbuffer *out, const void *p, size_t n)
     return 0;
 }
 
+/* ---- the common JSON shapes, without a JSON library ----------------------
+ *
+ * Every tunnel costs a command and a reply, each a small JSON object of a
+ * fixed shape.  Written compact, in this key order, with strings of plain
+ * printable ASCII, they read and write as text: the same bytes and values
+ * Jansson makes and finds, at a small part of the cost.  Anything else
+ * (escapes, spaces, other key orders, non-ASCII) goes through Jansson. */
+
+/* True when s (n bytes) is a JSON string body that needs no escapes and
+ * reads back as itself: printable ASCII without '"' and '\\'. */
+static int
+json_plain(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7e || s[i] == '"' || s[i] == '\\')
+            return 0;
+    return 1;
+}
+
+/* Matches the literal lit at *p (bounded by end); advances past it. */
+static int
+lit(const char **p, const char *end, const char *lit)
+{
+    size_t n = strlen(lit);
+
+    if ((size_t)(end - *p) < n || memcmp(*p, lit, n) != 0)
+        return 0;
+    *p += n;
+    return 1;
+}
+
+/* A plain string body up to the next '"' at *p: its start and length;
+ * *p is left on the closing quote.  0 when it is not plain. */
+static int
+plain_str(const char **p, const char *end, const char **s, size_t *n)
+{
+    const char *q = *p;
+
+    while (q < end && *q != '"')
+        q++;
+    if (q == end || !json_plain(*p, (size_t)(q - *p)))
+        return 0;
+    *s = *p;
+    *n = (size_t)(q - *p);
+    *p = q;
+    return 1;
+}
+
 /* ---- tunnel commands ----------------------------------------------------- */
+
+/* What a rich command's two fields say (both well-formed strings). */
+static int
+rich_fields(const char *proto, const char *host, size_t host_len,
+            struct tun_cmd *c, struct sl_error *e)
+{
+    struct tun_cmd tmp;
+    struct sl_error he;
+
+    memset(&tmp, 0, sizeof(tmp));
+    tmp.rich = 1;
+    tmp.proto = TUN_TCP;
+    /* The command is well-formed: what is wrong with its values is
+     * answered with a failure, as the Rust exit does. */
+    if (strcmp(proto, "udp") == 0) {
+        tmp.proto = TUN_UDP;
+    } else if (strcmp(proto, "tcp") != 0) {
+        *c = tmp;
+        return sl_error_set(e, SL_ENOTSUP, LAYER, "unknown protocol '%.40s' "
+                            "(tcp or udp)", proto);
+    }
+    sl_error_clear(&he);
+    if (split_host(host, host_len, &tmp, &he) != 0) {
+        tmp.host[0] = '\0';
+        tmp.port[0] = '\0';
+        *c = tmp;
+        return sl_error_set(e, SL_ENOTSUP, LAYER, "%s", he.text);
+    }
+    *c = tmp;
+    return 0;
+}
+
+/* {"protocol":"P","host":"H"} with plain strings: 1 and the fields
+ * handled, or 0 for the general parser. */
+static int
+rich_compact(const char *s, size_t n, struct tun_cmd *c, struct sl_error *e,
+             int *r)
+{
+    const char *p = s, *end = s + n, *pv, *hv;
+    size_t pn, hn;
+    char proto[16];
+
+    if (!lit(&p, end, "{\"protocol\":\"") || !plain_str(&p, end, &pv, &pn) ||
+        !lit(&p, end, "\",\"host\":\"") || !plain_str(&p, end, &hv, &hn) ||
+        !lit(&p, end, "\"}") || p != end || pn >= sizeof(proto))
+        return 0;
+    memcpy(proto, pv, pn);
+    proto[pn] = '\0';
+    *r = rich_fields(proto, hv, hn, c, e);
+    return 1;
+}
 
 static int
 parse_rich(const char *s, size_t n, struct tun_cmd *c, struct sl_error *e)
 {
     json_error_t je;
-    json_t *root = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
-    json_t *proto, *host;
-    struct tun_cmd tmp;
+    json_t *root, *proto, *host;
     int r = SL_EINVAL;
-    struct sl_error he;
 
+    if (rich_compact(s, n, c, e, &r))
+        return r;
+    root = json_loadb(s, n, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL)
         return sl_error_set(e, SL_EINVAL, LAYER, "rich tunnel command: "
                             "column %d: %s", je.column, je.text);
     proto = json_object_get(root, "protocol");
     host = json_object_get(root, "host");
     if (!json_is_object(root) || !json_is_string(proto) ||
-        !json_is_string(host)) {
+        !json_is_string(host))
         sl_error_set(e, SL_EINVAL, LAYER, "rich tunnel command: expected an "
                      "object with string fields \"protocol\" and \"host\"");
-        goto out;
-    }
-    memset(&tmp, 0, sizeof(tmp));
-    tmp.rich = 1;
-    tmp.proto = TUN_TCP;
-    /* From here on the command is well-formed: what is wrong with its
-     * values is answered with a failure, as the Rust exit does. */
-    r = SL_ENOTSUP;
-    if (strcmp(json_string_value(proto), "udp") == 0) {
-        tmp.proto = TUN_UDP;
-    } else if (strcmp(json_string_value(proto), "tcp") != 0) {
-        sl_error_set(e, SL_ENOTSUP, LAYER, "unknown protocol '%.40s' (tcp "
-                     "or udp)", json_string_value(proto));
-        *c = tmp;
-        goto out;
-    }
-    sl_error_clear(&he);
-    if (split_host(json_string_value(host), json_string_length(host), &tmp,
-                   &he) != 0) {
-        sl_error_set(e, SL_ENOTSUP, LAYER, "%s", he.text);
-        tmp.host[0] = '\0';
-        tmp.port[0] = '\0';
-        *c = tmp;
-        goto out;
-    }
-    *c = tmp;
-    r = 0;
-out:
+    else
+        r = rich_fields(json_string_value(proto), json_string_value(host),
+                        json_string_length(host), c, e);
     json_decref(root);
     return r;
 }
@@ -287,6 +361,14 @@ tun_cmd_rich(const char *proto, const char *host, const char *port)
         return NULL;
     snprintf(hp, sizeof(hp), strchr(host, ':') ? "[%s]:%s" : "%s:%s", host,
              port);
+    if (json_plain(proto, strlen(proto)) && json_plain(hp, strlen(hp))) {
+        size_t len = strlen(proto) + strlen(hp) + 32;
+
+        if ((out = malloc(len)) != NULL)
+            snprintf(out, len, "{\"protocol\":\"%s\",\"host\":\"%s\"}", proto,
+                     hp);
+        return out;
+    }
     j = json_pack("{s:s,s:s}", "protocol", proto, "host", hp);
     if (j == NULL)
         return NULL;
@@ -303,6 +385,19 @@ tun_reply_ok(const char *resolved_addr, long open_ms)
     json_t *j;
     char *out;
 
+    if (json_plain(resolved_addr, strlen(resolved_addr))) {
+        size_t len = strlen(resolved_addr) + 64;
+
+        if ((out = malloc(len)) == NULL)
+            return NULL;
+        if (open_ms < 0)
+            snprintf(out, len, "{\"success\":{\"resolved_addr\":\"%s\","
+                     "\"open_ms\":null}}", resolved_addr);
+        else
+            snprintf(out, len, "{\"success\":{\"resolved_addr\":\"%s\","
+                     "\"open_ms\":%ld}}", resolved_addr, open_ms);
+        return out;
+    }
     j = json_pack("{s:{s:s,s:o}}", "success", "resolved_addr", resolved_addr,
                   "open_ms",
                   open_ms < 0 ? json_null() : json_integer(open_ms));
@@ -326,6 +421,37 @@ tun_reply_fail(const char *why)
     return out;
 }
 
+/* {"success":{"resolved_addr":"A","open_ms":N|null}} with a plain
+ * string and N without leading zeros: 1 and r filled, or 0. */
+static int
+reply_compact(const char *s, size_t n, struct tun_reply *r)
+{
+    const char *p = s, *end = s + n, *av;
+    size_t an;
+    long long ms = -1;
+
+    if (!lit(&p, end, "{\"success\":{\"resolved_addr\":\"") ||
+        !plain_str(&p, end, &av, &an) || an >= sizeof(r->resolved_addr) ||
+        !lit(&p, end, "\",\"open_ms\":"))
+        return 0;
+    if (!lit(&p, end, "null")) {
+        const char *d = p;
+
+        ms = 0;
+        while (p < end && *p >= '0' && *p <= '9' && p - d < 18)
+            ms = ms * 10 + (*p++ - '0');
+        if (p == d || (*d == '0' && p - d > 1))
+            return 0;
+    }
+    if (!lit(&p, end, "}}") || p != end)
+        return 0;
+    memset(r, 0, sizeof(*r));
+    r->ok = 1;
+    memcpy(r->resolved_addr, av, an);
+    r->open_ms = ms > 0x7fffffffL ? 0x7fffffffL : (long)ms;
+    return 1;
+}
+
 int
 tun_reply_parse(const void *p, size_t n, struct tun_reply *r,
                 struct sl_error *e)
@@ -335,6 +461,8 @@ tun_reply_parse(const void *p, size_t n, struct tun_reply *r,
     struct tun_reply tmp;
     int rc = SL_EINVAL;
 
+    if (reply_compact(p, n, r))
+        return 0;
     root = json_loadb(p, n, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL)
         return sl_error_set(e, SL_EINVAL, LAYER, "tunnel reply: column %d: "

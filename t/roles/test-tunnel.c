@@ -307,6 +307,78 @@ test_reply_parse(void)
     CU_ASSERT(strncmp(e.text, "tunnel reply: column", 20) == 0);
 }
 
+/* The compact forms are read and written as text, everything else by
+ * Jansson: both must give the same bytes and the same values. */
+static void
+test_compact_forms(void)
+{
+    static const char *cmds[][2] = {
+        { "{\"protocol\":\"tcp\",\"host\":\"example.com:443\"}",
+          "{ \"host\" : \"example.com:443\", \"protocol\" : \"tcp\" }" },
+        { "{\"protocol\":\"udp\",\"host\":\"[2001:db8::1]:53\"}",
+          "{\"protocol\":\"\\u0075dp\",\"host\":\"[2001:db8::1]:53\"}" },
+        { "{\"protocol\":\"sctp\",\"host\":\"a:1\"}",
+          "{\"host\":\"a:1\",\"protocol\":\"sctp\"}" },
+        { "{\"protocol\":\"tcp\",\"host\":\"no-port\"}",
+          "{\"protocol\":\"tcp\",\"host\":\"no-port\"}\n" },
+    };
+    static const char *replies[][2] = {
+        { "{\"success\":{\"resolved_addr\":\"1.2.3.4:80\",\"open_ms\":7}}",
+          "{\"success\":{\"open_ms\":7,\"resolved_addr\":\"1.2.3.4:80\"}}" },
+        { "{\"success\":{\"resolved_addr\":\"[::1]:80\",\"open_ms\":null}}",
+          "{\"success\": {\"resolved_addr\": \"[::1]:80\", \"open_ms\": null}}" },
+        { "{\"success\":{\"resolved_addr\":\"x:1\",\"open_ms\":0}}",
+          "{\"success\":{\"resolved_addr\":\"\\u0078:1\",\"open_ms\":0}}" },
+        { "{\"success\":{\"resolved_addr\":\"x:1\",\"open_ms\":"
+          "999999999999}}",
+          "{\"success\":{\"resolved_addr\":\"x:1\",\"open_ms\":"
+          "999999999999} }" },
+    };
+    struct tun_cmd a, b;
+    struct sl_error ea, eb;
+    struct tun_reply ra, rb;
+    char *j;
+
+    for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+        int x = parse(cmds[i][0], &a, &ea), y = parse(cmds[i][1], &b, &eb);
+
+        CU_ASSERT_EQUAL(x, y);
+        CU_ASSERT_TEXT(ea.text, eb.text);
+        CU_ASSERT(a.rich == b.rich && a.proto == b.proto);
+        if (x == 0) {
+            CU_ASSERT_TEXT(a.host, b.host);
+            CU_ASSERT_TEXT(a.port, b.port);
+        }
+    }
+    for (size_t i = 0; i < sizeof(replies) / sizeof(replies[0]); i++) {
+        CU_ASSERT_EQUAL_FATAL(rparse(replies[i][0], &ra, &ea), 0);
+        CU_ASSERT_EQUAL_FATAL(rparse(replies[i][1], &rb, &eb), 0);
+        CU_ASSERT(ra.ok == 1 && rb.ok == 1);
+        CU_ASSERT_TEXT(ra.resolved_addr, rb.resolved_addr);
+        CU_ASSERT_EQUAL(ra.open_ms, rb.open_ms);
+    }
+    CU_ASSERT_EQUAL(ra.open_ms, 0x7fffffffL);
+    /* Not JSON, whatever the shape. */
+    CU_ASSERT_EQUAL(rparse("{\"success\":{\"resolved_addr\":\"x\","
+                           "\"open_ms\":042}}", &ra, &ea), SL_EINVAL);
+    CU_ASSERT_EQUAL(rparse("{\"success\":{\"resolved_addr\":\"x\","
+                           "\"open_ms\":}}", &ra, &ea), SL_EINVAL);
+    CU_ASSERT_EQUAL(rparse("{\"success\":{\"resolved_addr\":\"x\","
+                           "\"open_ms\":1}}}", &ra, &ea), SL_EINVAL);
+    /* Strings that need escapes are written by Jansson. */
+    j = tun_cmd_rich("tcp", "a\"b", "1");
+    CU_ASSERT_TEXT(j, "{\"protocol\":\"tcp\",\"host\":\"a\\\"b:1\"}");
+    free(j);
+    j = tun_cmd_rich("tcp", "caf\xc3\xa9.example", "80");
+    CU_ASSERT_TEXT(j, "{\"protocol\":\"tcp\",\"host\":\"caf\xc3\xa9.example:80\"}");
+    free(j);
+    CU_ASSERT_PTR_NULL(tun_cmd_rich("tcp", "bad\xff", "80"));
+    j = tun_reply_ok("a\\b", 3);
+    CU_ASSERT_TEXT(j, "{\"success\":{\"resolved_addr\":\"a\\\\b\","
+                      "\"open_ms\":3}}");
+    free(j);
+}
+
 /* ---- B2eMetadata ---------------------------------------------------------- */
 
 static int
@@ -472,6 +544,8 @@ main(void)
         { "rich commands", test_cmd_rich },
         { "legacy commands", test_cmd_legacy },
         { "reply parsing", test_reply_parse },
+        { "compact forms read and written as Jansson does",
+          test_compact_forms },
         { "B2eMetadata decoding (10.1)", test_b2e_decode },
         { "B2eMetadata encoding (10.1)", test_b2e_encode },
         { NULL, NULL },
