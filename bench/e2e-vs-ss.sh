@@ -4,7 +4,10 @@
 # with shadowsocks-libev (ss-local + ss-server, chacha20-ietf-poly1305) on the
 # same loopback, in the same run:
 #   bulk      one download of $SL_BENCH_BULK_MIB MiB (default 256): MiB/s
-#   connect   1000 sequential fetches of a 1-byte body: latency p50, p99
+#   connect   1000 sequential fetches of a 1-byte body: latency p50, p99;
+#             both proxy pairs run side by side and take turns, 5 rounds
+#             of 200 fetches each, so that a change in the machine's load
+#             during the run falls on both alike
 #   parallel  1000 concurrent 1 MiB downloads: total seconds, and the peak
 #             RSS (VmHWM) of the proxy pair, started fresh for this case
 # For quick partial runs while working: SL_BENCH_CASES (default "bulk
@@ -159,20 +162,46 @@ run() {
 
 want() { [[ $cases == *" $1 "* ]]; }
 
+# pct FILE P: the P-th percentile (0..1) of the numbers in FILE.
+pct() {
+    sort -g "$1" | awk -v p="$2" '{ v[NR] = $1 }
+        END { i = int(p * (NR - 1) + 0.5) + 1; print v[i] }'
+}
+
+# The connect case: both pairs up at once, taking turns.
+connect_rounds() {
+    local names=() socks_of=() r i n line
+    [ -n "${SL_BENCH_ONLY:-}" ] || names+=(ss)
+    names+=(sillad)
+    for n in "${names[@]}"; do
+        "start_$n"
+        socks_of+=("$socks")
+        : > "$tmp/lat.$n"
+    done
+    for r in 1 2 3 4 5; do
+        for i in "${!names[@]}"; do
+            # Alternate who goes first from round to round.
+            [ $((r % 2)) -eq 0 ] && i=$(( ${#names[@]} - 1 - i ))
+            n=${names[$i]}
+            socks=${socks_of[$i]}
+            run "$n" "connect.$r" --size 1 --count 200 --concurrency 1 \
+                --samples "$tmp/lat.$n"
+        done
+    done
+    for n in "${names[@]}"; do
+        R[$n.p50]=$(pct "$tmp/lat.$n" 0.50)
+        R[$n.p99]=$(pct "$tmp/lat.$n" 0.99)
+    done
+    stop_proxies
+}
+
 measure() {
     local name=$1 line
-    if want bulk || want connect; then
+    if want bulk; then
         "start_$name"
-        if want bulk; then
-            run "$name" bulk --size $((bulk_mib * 1048576)) --count 1 \
-                --concurrency 1
-            R[$name.bulk]=$(field "$line" mib_per_s)
-        fi
-        if want connect; then
-            run "$name" connect --size 1 --count 1000 --concurrency 1
-            R[$name.p50]=$(field "$line" p50_ms)
-            R[$name.p99]=$(field "$line" p99_ms)
-        fi
+        run "$name" bulk --size $((bulk_mib * 1048576)) --count 1 \
+            --concurrency 1
+        R[$name.bulk]=$(field "$line" mib_per_s)
         stop_proxies
     fi
     if want parallel; then
@@ -195,6 +224,7 @@ measure() {
 echo "== end to end: sillad (tcp|sosistab3|e2e|picomux) vs shadowsocks-libev"
 [ -n "${SL_BENCH_ONLY:-}" ] || measure ss
 measure sillad
+if want connect; then connect_rounds; fi
 printf '%-40s %14s %14s %8s\n' figure sillad shadowsocks ratio
 row() {
     # row LABEL KEY HIGHER_IS_BETTER(1|0)

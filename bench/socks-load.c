@@ -6,13 +6,15 @@
  *       response of N bytes, then close.  N is at most 2^40.
  *
  *   socks-load fetch --proxy HOST:PORT --target HOST:PORT --size N
- *                    --count C --concurrency K
+ *                    --count C --concurrency K [--samples FILE]
  *       Runs C fetches of /N through the SOCKS5 proxy (no authentication,
  *       CONNECT by domain name), at most K at a time.  Each fetch checks
  *       that exactly N body bytes arrived.  Prints one line of figures:
  *         ok=C failed=F seconds=S mib_per_s=R p50_ms=A p99_ms=B
  *       where latencies run from the start of the TCP connect to the last
- *       body byte.  Exits 1 if any fetch failed.
+ *       body byte.  Exits 1 if any fetch failed.  --samples FILE also
+ *       appends each latency (ms) to FILE, one per line, so that several
+ *       runs can be pooled.
  *
  * Bounded: a fetch that makes no progress for 30 s fails; the head of a
  * response is at most 4 KiB.
@@ -440,7 +442,7 @@ pct(const double *v, long n, double p)
 
 static int
 fetch(const char *proxy, const char *target, uint64_t size, long count,
-      long conc)
+      long conc, const char *samples)
 {
     struct run r;
     char host[256];
@@ -476,6 +478,20 @@ fetch(const char *proxy, const char *target, uint64_t size, long count,
     event_base_dispatch(r.base);
     secs = now_s() - t0;
     ok = r.done - r.failed;
+    if (samples != NULL) {
+        FILE *f = fopen(samples, "a");
+
+        if (f == NULL) {
+            fprintf(stderr, "socks-load: %s: %s\n", samples, strerror(errno));
+            return 2;
+        }
+        for (long i = 0; i < ok; i++)
+            fprintf(f, "%.4f\n", r.lat[i]);
+        if (fclose(f) != 0) {
+            fprintf(stderr, "socks-load: %s: %s\n", samples, strerror(errno));
+            return 2;
+        }
+    }
     qsort(r.lat, (size_t)ok, sizeof(double), cmp_double);
     printf("ok=%ld failed=%ld seconds=%.3f mib_per_s=%.1f p50_ms=%.3f "
            "p99_ms=%.3f\n", ok, r.failed, secs,
@@ -491,7 +507,7 @@ usage(void)
 {
     fprintf(stderr, "usage: socks-load serve --addr-file FILE\n"
             "       socks-load fetch --proxy IP:PORT --target HOST:PORT "
-            "--size N --count C --concurrency K\n");
+            "--size N --count C --concurrency K [--samples FILE]\n");
     exit(2);
 }
 
@@ -499,6 +515,7 @@ int
 main(int argc, char **argv)
 {
     const char *proxy = NULL, *target = NULL, *addr_file = NULL;
+    const char *samples = NULL;
     unsigned long long size = 0;
     long count = 1, conc = 1;
 
@@ -522,6 +539,8 @@ main(int argc, char **argv)
             count = strtol(v, NULL, 10);
         else if (strcmp(k, "--concurrency") == 0)
             conc = strtol(v, NULL, 10);
+        else if (strcmp(k, "--samples") == 0)
+            samples = v;
         else
             usage();
         i++;
@@ -530,7 +549,7 @@ main(int argc, char **argv)
         return serve(addr_file);
     if (strcmp(argv[1], "fetch") == 0 && proxy != NULL && target != NULL
         && count > 0 && conc > 0)
-        return fetch(proxy, target, size, count, conc);
+        return fetch(proxy, target, size, count, conc, samples);
     usage();
     return 2;
 }
