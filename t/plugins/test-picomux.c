@@ -446,27 +446,9 @@ raw_expect(struct raw *r, uint8_t cmd, struct pm_hdr *h, uint8_t *body,
     }
 }
 
-/* True when the session answers a PING of ours: it is alive and has
- * handled everything sent before. */
-static bool
-raw_alive(struct raw *r)
-{
-    uint8_t body[PM_PING_BODY_MAX], got[PM_BODY_MAX];
-    struct pm_hdr h;
-    size_t n = pm_ping_body_write(5, body);
-
-    raw_frame(r, PM_CMD_PING, 0, body, n);
-    for (;;) {
-        int k = raw_next(r, &h, got, WAIT_MS);
-
-        if (k <= 0)
-            return false;
-        if (h.cmd == PM_CMD_PONG)
-            return r->ss.dead == 0;
-    }
-}
-
-/* Like raw_alive, and no frame with command cmd came before the PONG. */
+/* True when the session answers a PING of ours (it is alive and has
+ * handled everything sent before) and no frame with command cmd came
+ * before the PONG. */
 static bool
 raw_alive_without(struct raw *r, uint8_t cmd)
 {
@@ -486,6 +468,13 @@ raw_alive_without(struct raw *r, uint8_t cmd)
         if (h.cmd == PM_CMD_PONG)
             return r->ss.dead == 0 && !seen;
     }
+}
+
+/* 0xff is no command: only liveness counts. */
+static bool
+raw_alive(struct raw *r)
+{
+    return raw_alive_without(r, 0xff);
 }
 
 static uint8_t frame_body[PM_BODY_MAX];
