@@ -29,10 +29,11 @@ struct sl_dialer {
     struct sl_dialer *kid[DIAL_MAX_KIDS];
     size_t nkids;
     int64_t ms;                           /* D_TIMEOUT, D_DELAY */
+    unsigned refs;              /* the owner's, and one per attempt of it */
 };
 
 struct sl_dial_op {
-    const struct sl_dialer *d;
+    struct sl_dialer *d;        /* holds a reference */
     struct event_base *base;
     sl_conn_fn *cb;
     void *arg;
@@ -64,10 +65,22 @@ static const char *const dtype_name[] = {
 
 /* ---- dialer trees -------------------------------------------------------- */
 
+static struct sl_dialer *
+dialer_new(void)
+{
+    struct sl_dialer *d = calloc(1, sizeof(*d));
+
+    if (d != NULL)
+        d->refs = 1;
+    return d;
+}
+
 void
 sl_dialer_free(struct sl_dialer *d)
 {
-    if (d == NULL)
+    /* Attempts in progress (cancelled ones, race losers) keep using the
+     * dialer, and its stack's layer configurations, until they are done. */
+    if (d == NULL || --d->refs > 0)
         return;
     sl_stack_free(d->stack);
     for (size_t i = 0; i < d->nkids; i++)
@@ -78,7 +91,7 @@ sl_dialer_free(struct sl_dialer *d)
 struct sl_dialer *
 sl_dialer_from_stack(struct sl_stack *s)
 {
-    struct sl_dialer *d = calloc(1, sizeof(*d));
+    struct sl_dialer *d = dialer_new();
 
     if (d == NULL) {
         sl_stack_free(s);
@@ -133,7 +146,7 @@ parse_dialer(const char *t, size_t *pos, int depth, struct sl_error *e)
                          "deeper than %d", *pos + 1, DIAL_MAX_DEPTH);
             return NULL;
         }
-        d = calloc(1, sizeof(*d));
+        d = dialer_new();
         if (d == NULL) {
             sl_error_set(e, SL_ENOMEM, "", "out of memory");
             return NULL;
@@ -299,7 +312,7 @@ from_json(json_t *j, const char *where, int depth, struct sl_error *e)
                      "race, fallback, timeout, delay", where);
         return NULL;
     }
-    d = calloc(1, sizeof(*d));
+    d = dialer_new();
     if (d == NULL) {
         sl_error_set(e, SL_ENOMEM, "", "out of memory");
         return NULL;
@@ -379,6 +392,7 @@ op_free(struct sl_dial_op *op)
         event_free(op->timer_ev);
     sl_pipe_free(op->rp);
     sl_session_free(op->rs);
+    sl_dialer_free(op->d);
     free(op);
 }
 
@@ -685,6 +699,7 @@ sl_dialer_dial(struct sl_dialer *d, struct event_base *base, sl_conn_fn *cb,
     if (op == NULL)
         return sl_error_set(e, SL_ENOMEM, "", "out of memory");
     op->d = d;
+    d->refs++;
     op->base = base;
     op->cb = cb;
     op->arg = arg;

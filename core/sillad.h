@@ -233,6 +233,9 @@ struct sl_dialer *sl_dialer_parse(const char *text, struct sl_error *e);
 struct sl_dialer *sl_dialer_from_json(const void *json, const char *where,
                                       struct sl_error *e);
 struct sl_dialer *sl_dialer_from_stack(struct sl_stack *s); /* consumes s */
+/* Drops the caller's dialer.  May be called while dials of it are in
+ * progress or cancelled (from their callback, say): each holds the dialer
+ * until it has finished. */
 void sl_dialer_free(struct sl_dialer *d);
 int sl_dialer_produces(const struct sl_dialer *d);
 /* Starts a dial; cb runs exactly once, never inside this call. *op (may be

@@ -792,10 +792,12 @@ main(int argc, char **argv)
         sl_error_set(&e, SL_ENOMEM, "", "cannot create event loop");
         goto fail;
     }
+    /* Before the address file tells that we are up: a signal sent as
+     * soon as it appears must reach our handlers, not kill us. */
+    a.sig = sl_signals_new(a.base, on_stop, on_reload, &a);
     if (start_listening(&a, a.fwds, &e) != 0)
         goto fail;
     start_pools(a.fwds);
-    a.sig = sl_signals_new(a.base, on_stop, on_reload, &a);
     event_base_dispatch(a.base);
     goto out;
 fail:

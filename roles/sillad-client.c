@@ -282,9 +282,11 @@ fail:
 enum slot_state { SLOT_WAIT, SLOT_DIALING, SLOT_LIVE };
 
 struct client;
+struct pool;
 
 struct slot {
     struct client *c;
+    struct pool *pool;
     int idx;
     enum slot_state state;
     size_t route;               /* route to dial next */
@@ -299,10 +301,15 @@ struct slot {
     char last_err[256];
 };
 
+/* The sessions of one configuration.  A reload that changes them retires
+ * the pool: its sessions are freed at once, but the slots stay until every
+ * cancelled dial has called back (the slot is its callback's argument). */
 struct pool {
     struct slot *slots;
     int n;
     int rr;                     /* where the next choice starts */
+    int retired;
+    struct pool *next;          /* in client.retired */
 };
 
 enum conn_kind { K_SOCKS5, K_HTTP };
@@ -335,7 +342,8 @@ struct client {
     const char *addr_file;
     struct sl_config *cfg;
     struct settings set;
-    struct pool pool;
+    struct pool *pool;          /* never NULL once running */
+    struct pool *retired;       /* replaced pools with dials to reap */
     struct sl_stack *s5_stack, *http_stack;
     struct sl_listener *s5_l, *http_l;
     struct conn *conns;
@@ -345,6 +353,7 @@ struct client {
 };
 
 static void pool_serve_waiting(struct client *c);
+static void pool_reap_retired(struct client *c);
 static void slot_dial(struct slot *sl);
 
 /* ---- helpers ------------------------------------------------------------- */
@@ -403,8 +412,8 @@ slot_wait(struct slot *sl)
 static int
 pool_dialing(struct client *c)
 {
-    for (int i = 0; i < c->pool.n; i++)
-        if (c->pool.slots[i].state == SLOT_DIALING)
+    for (int i = 0; i < c->pool->n; i++)
+        if (c->pool->slots[i].state == SLOT_DIALING)
             return 1;
     return 0;
 }
@@ -471,10 +480,13 @@ slot_dialed(struct sl_pipe *p, struct sl_session *s, const struct sl_error *err,
     char buf[256];
 
     sl->op = NULL;
-    if (c->stopping) {
+    if (c->stopping || sl->pool->retired) {
+        /* A cancelled dial (or one that won the race with the cancel). */
         sl_pipe_free(p);
         sl_session_free(s);
         sl->state = SLOT_WAIT;
+        if (sl->pool->retired)
+            pool_reap_retired(c);   /* may free sl */
         return;
     }
     sl_error_clear(&e);
@@ -521,7 +533,8 @@ slot_dial(struct slot *sl)
     struct sl_error e;
     char buf[256];
 
-    if (c->stopping || sl->state == SLOT_DIALING || sl->state == SLOT_LIVE)
+    if (c->stopping || sl->pool->retired || sl->state == SLOT_DIALING ||
+        sl->state == SLOT_LIVE)
         return;
     evtimer_del(sl->retry_ev);
     sl_error_clear(&e);
@@ -536,40 +549,56 @@ slot_dial(struct slot *sl)
     }
 }
 
-static int
-pool_start(struct client *c)
-{
-    struct pool *pl = &c->pool;
+static void pool_free(struct pool *pl);
 
-    pl->n = c->set.sessions;
-    pl->rr = 0;
-    pl->slots = calloc((size_t)pl->n, sizeof(*pl->slots));
-    if (pl->slots == NULL)
-        return -1;
+/* A pool of n idle slots over nroutes routes (c->set.routes, once they
+ * dial), or NULL when out of memory. */
+static struct pool *
+pool_new(struct client *c, int n, size_t nroutes)
+{
+    struct pool *pl = calloc(1, sizeof(*pl));
+
+    if (pl == NULL)
+        return NULL;
+    pl->slots = calloc((size_t)n, sizeof(*pl->slots));
+    if (pl->slots == NULL) {
+        free(pl);
+        return NULL;
+    }
+    pl->n = n;
     for (int i = 0; i < pl->n; i++) {
         struct slot *sl = &pl->slots[i];
 
         sl->c = c;
+        sl->pool = pl;
         sl->idx = i;
-        sl->route = (size_t)i % c->set.nroutes;
+        sl->route = (size_t)i % nroutes;
         sl->backoff_ms = BACKOFF_MIN_MS;
         sl->state = SLOT_WAIT;
         sl->retry_ev = evtimer_new(c->base, slot_retry_cb, sl);
         sl->free_ev = evtimer_new(c->base, slot_free_cb, sl);
-        if (sl->retry_ev == NULL || sl->free_ev == NULL)
-            return -1;
+        if (sl->retry_ev == NULL || sl->free_ev == NULL) {
+            pool_free(pl);
+            return NULL;
+        }
     }
-    for (int i = 0; i < pl->n; i++)
-        slot_dial(&pl->slots[i]);
-    return 0;
+    return pl;
 }
 
-/* Frees every slot.  Dials in progress are cancelled; their callbacks run
- * from the loop, so the caller runs it before freeing the slots array
- * (pool_reap). */
+static void
+pool_start(struct pool *pl)
+{
+    for (int i = 0; i < pl->n; i++)
+        slot_dial(&pl->slots[i]);
+}
+
+/* Frees every session.  Dials in progress are cancelled; their callbacks
+ * run from the loop, so the slots stay until they have (pool_busy). */
 static void
 pool_stop(struct pool *pl)
 {
+    if (pl == NULL)
+        return;
     for (int i = 0; i < pl->n; i++) {
         struct slot *sl = &pl->slots[i];
 
@@ -587,6 +616,8 @@ pool_stop(struct pool *pl)
 static int
 pool_busy(const struct pool *pl)
 {
+    if (pl == NULL)
+        return 0;
     for (int i = 0; i < pl->n; i++)
         if (pl->slots[i].op != NULL)
             return 1;
@@ -596,6 +627,8 @@ pool_busy(const struct pool *pl)
 static void
 pool_free(struct pool *pl)
 {
+    if (pl == NULL)
+        return;
     for (int i = 0; i < pl->n; i++) {
         if (pl->slots[i].retry_ev != NULL)
             event_free(pl->slots[i].retry_ev);
@@ -603,14 +636,48 @@ pool_free(struct pool *pl)
             event_free(pl->slots[i].free_ev);
     }
     free(pl->slots);
-    memset(pl, 0, sizeof(*pl));
+    free(pl);
+}
+
+/* Ends the sessions of c's pool and puts it aside until its cancelled
+ * dials have called back.  The tunnels of those sessions end with them
+ * and must not point at its slots any more. */
+static void
+pool_retire(struct client *c)
+{
+    struct pool *pl = c->pool;
+
+    c->pool = NULL;
+    pl->retired = 1;
+    pool_stop(pl);
+    pl->next = c->retired;
+    c->retired = pl;
+    pool_reap_retired(c);
+}
+
+/* Frees the retired pools with no dial left. */
+static void
+pool_reap_retired(struct client *c)
+{
+    struct pool **pp = &c->retired;
+
+    while (*pp != NULL) {
+        struct pool *pl = *pp;
+
+        if (pool_busy(pl)) {
+            pp = &pl->next;
+            continue;
+        }
+        *pp = pl->next;
+        pool_free(pl);
+    }
 }
 
 /* The live slot with the fewest opens in flight, from the rotating start. */
 static struct slot *
 pool_pick(struct client *c)
 {
-    struct pool *pl = &c->pool;
+    struct pool *pl = c->pool;
     struct slot *best = NULL;
 
     for (int k = 0; k < pl->n; k++) {
@@ -893,9 +960,9 @@ conn_start_tunnel(struct conn *cn)
     }
     if (!pool_dialing(c)) {
         /* Skip one slot's back-off: a request is waiting. */
-        for (int i = 0; i < c->pool.n; i++) {
-            if (c->pool.slots[i].state == SLOT_WAIT) {
-                slot_dial(&c->pool.slots[i]);
+        for (int i = 0; i < c->pool->n; i++) {
+            if (c->pool->slots[i].state == SLOT_WAIT) {
+                slot_dial(&c->pool->slots[i]);
                 break;
             }
         }
@@ -904,10 +971,10 @@ conn_start_tunnel(struct conn *cn)
         char why[300];
 
         snprintf(why, sizeof(why), "no exit session available");
-        for (int i = 0; i < c->pool.n; i++)
-            if (c->pool.slots[i].last_err[0] != '\0') {
+        for (int i = 0; i < c->pool->n; i++)
+            if (c->pool->slots[i].last_err[0] != '\0') {
                 snprintf(why, sizeof(why), "no exit session available: %s",
-                         c->pool.slots[i].last_err);
+                         c->pool->slots[i].last_err);
                 break;
             }
         conn_fail(cn, S5_REP_FAILURE, 502, why);
@@ -1239,6 +1306,7 @@ on_reload(void *arg)
     struct settings ns;
     struct sl_stack *s5s = NULL, *hs = NULL;
     struct sl_listener *s5l = NULL, *hl = NULL;
+    struct pool *np = NULL;
     int new_s5, new_http;
     char buf[512];
 
@@ -1246,6 +1314,12 @@ on_reload(void *arg)
     cfg = sl_config_load(c->cfg_path, &e);
     if (cfg == NULL || settings_load(cfg, c->cfg_path, &ns, &e) != 0)
         goto fail;
+    if (strcmp(ns.pool_key, c->set.pool_key) != 0 &&
+        (np = pool_new(c, ns.sessions, ns.nroutes)) == NULL) {
+        sl_error_set(&e, SL_ENOMEM, "", "out of memory for the sessions");
+        settings_free(&ns);
+        goto fail;
+    }
     /* Listeners whose address changed are opened before the old ones
      * close, so that a bad address keeps the old configuration. */
     new_s5 = !same(ns.socks5_listen, c->set.socks5_listen);
@@ -1256,6 +1330,7 @@ on_reload(void *arg)
                                &e) != 0)) {
         sl_listener_free(s5l);
         sl_stack_free(s5s);
+        pool_free(np);
         settings_free(&ns);
         goto fail;
     }
@@ -1279,10 +1354,12 @@ on_reload(void *arg)
         c->http_l = hl;
         c->http_stack = hs;
     }
-    if (strcmp(ns.pool_key, c->set.pool_key) != 0) {
+    if (np != NULL) {
         /* New exits: the sessions are replaced, and the tunnels on the
-         * old ones end.  Waiting dials are cancelled first. */
-        struct pool old = c->pool;
+         * old ones end.  This runs inside a callback of the loop, which
+         * cannot be run from here: the old pool's cancelled dials call
+         * back later, and the old routes stay until they have (a dialer
+         * lives as long as its dials). */
         struct conn *cn, *next;
 
         for (cn = c->conns; cn != NULL; cn = next) {
@@ -1292,22 +1369,15 @@ on_reload(void *arg)
             else if (cn->slot != NULL)
                 cn->slot = NULL;
         }
-        c->stopping = 1;
-        pool_stop(&old);
-        for (int64_t t = sl_now_ms(); pool_busy(&old) &&
-             sl_now_ms() - t < STOP_DRAIN_MS;)
-            event_base_loop(c->base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
-        c->stopping = 0;
-        pool_free(&old);
-        memset(&c->pool, 0, sizeof(c->pool));
+        pool_retire(c);
         {
             struct settings tmp = c->set;
 
             c->set = ns;
             settings_free(&tmp);
         }
-        if (pool_start(c) != 0)
-            sl_log(SL_LOG_ERR, "", "out of memory starting sessions");
+        c->pool = np;
+        pool_start(np);
     } else {
         /* Same sessions: keep them, take the rest. */
         struct settings tmp = c->set;
@@ -1413,17 +1483,21 @@ main(int argc, char **argv)
         sl_error_set(&e, SL_ENOMEM, "", "cannot create the event loop");
         goto fail;
     }
+    /* Before the address file tells that we are up: a signal sent as
+     * soon as it appears must reach our handlers, not kill us. */
+    c.sig = sl_signals_new(c.base, on_stop, on_reload, &c);
     if (listen_on(&c, c.set.socks5_listen, on_accept_socks5, &c.s5_stack,
                   &c.s5_l, &e) != 0 ||
         listen_on(&c, c.set.http_listen, on_accept_http, &c.http_stack,
                   &c.http_l, &e) != 0 ||
         write_addr_file(&c, &e) != 0)
         goto fail;
-    if (pool_start(&c) != 0) {
+    c.pool = pool_new(&c, c.set.sessions, c.set.nroutes);
+    if (c.pool == NULL) {
         sl_error_set(&e, SL_ENOMEM, "", "out of memory");
         goto fail;
     }
-    c.sig = sl_signals_new(c.base, on_stop, on_reload, &c);
+    pool_start(c.pool);
     log_listening(&c);
     event_base_dispatch(c.base);
     goto out;
@@ -1440,18 +1514,25 @@ out:
     sl_stack_free(c.http_stack);
     while (c.conns != NULL)
         conn_free(c.conns);
-    pool_stop(&c.pool);
+    pool_stop(c.pool);
     if (c.base != NULL) {
         int64_t t0 = sl_now_ms();
 
-        while ((pool_busy(&c.pool) || relay_closing() > 0) &&
+        while ((pool_busy(c.pool) || c.retired != NULL ||
+                relay_closing() > 0) &&
                sl_now_ms() - t0 < STOP_DRAIN_MS)
             event_base_loop(c.base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
         relay_closing_abort();
         /* Deferred frees of the closes above. */
         event_base_loop(c.base, EVLOOP_NONBLOCK);
     }
-    pool_free(&c.pool);
+    pool_free(c.pool);
+    while (c.retired != NULL) {
+        struct pool *pl = c.retired;
+
+        c.retired = pl->next;
+        pool_free(pl);
+    }
     sl_signals_free(c.sig);
     settings_free(&c.set);
     sl_config_free(c.cfg);

@@ -1328,6 +1328,9 @@ main(int argc, char **argv)
         sl_error_set(&e, SL_ENOMEM, "", "cannot create event loop");
         goto fail;
     }
+    /* Before the address file tells that we are up: a signal sent as
+     * soon as it appears must reach our handlers, not kill us. */
+    a.sig = sl_signals_new(a.base, on_stop, on_reload, &a);
     if (start_listeners(&a, a.conf, &e) != 0)
         goto fail;
     a.sweep_ev = event_new(a.base, -1, EV_PERSIST, sweep, &a);
@@ -1336,7 +1339,6 @@ main(int argc, char **argv)
 
         event_add(a.sweep_ev, &tv);
     }
-    a.sig = sl_signals_new(a.base, on_stop, on_reload, &a);
     event_base_dispatch(a.base);
     goto out;
 fail:

@@ -119,6 +119,71 @@ test_combinators(void)
     event_base_free(base);
 }
 
+/* The caller frees the dialer once its dial has called back, or while it
+ * is cancelled (a reload replacing its routes): the attempts still running
+ * or still calling back (race losers, a cancelled attempt) must not need
+ * it. */
+struct owned_dial {
+    struct sl_dialer *d;
+    struct result r;
+};
+
+static void
+on_conn_free_dialer(struct sl_pipe *p, struct sl_session *s,
+                    const struct sl_error *err, void *arg)
+{
+    struct owned_dial *od = arg;
+
+    on_conn(p, s, err, &od->r);
+    sl_dialer_free(od->d);
+    od->d = NULL;
+}
+
+static void
+test_dialer_freed_early(void)
+{
+    static const char *const dialers[] = {
+        "race(fbase name=fast d=5ms, fbase d=200ms)",
+        "race(fbase name=fast, delay(100ms, fbase))",
+        "race(fbase fail=true, fbase d=5ms, timeout(1s, fbase d=300ms))",
+        "fallback(fbase fail=true, fbase d=20ms)",
+        "fbase d=20ms",
+    };
+    struct event_base *base = event_base_new();
+    long pipes = sl_pipe_count();
+    int stop = 0;
+
+    fake_register();
+    for (size_t i = 0; i < sizeof(dialers) / sizeof(dialers[0]); i++)
+        for (int cancel = 0; cancel < 2; cancel++) {
+            struct owned_dial od = { 0 };
+            struct sl_dial_op *op = NULL;
+            struct sl_error e;
+
+            sl_error_clear(&e);
+            od.d = sl_dialer_parse(dialers[i], &e);
+            CU_ASSERT_PTR_NOT_NULL_FATAL(od.d);
+            CU_ASSERT_EQUAL(sl_dialer_dial(od.d, base, on_conn_free_dialer,
+                                           &od, &op, &e), 0);
+            if (cancel) {
+                /* Cancelled and its dialer freed before it calls back. */
+                run_until(base, &stop, 2);
+                if (!od.r.done) {
+                    sl_dial_op_cancel(op);
+                    sl_dialer_free(od.d);
+                    od.d = NULL;
+                }
+            }
+            run_until(base, &od.r.done, 5000);
+            /* The losers and cancelled attempts finish after that. */
+            run_until(base, &stop, 400);
+            CU_ASSERT_EQUAL(od.r.calls, 1);
+            CU_ASSERT_PTR_NULL(od.d);
+        }
+    CU_ASSERT_EQUAL(sl_pipe_count(), pipes);
+    event_base_free(base);
+}
+
 static void
 test_cancel(void)
 {
@@ -391,6 +456,8 @@ main(void)
     static const struct cu_test tests[] = {
         { "combinators", test_combinators },
         { "cancel at every point, exactly once", test_cancel },
+        { "a dialer freed while its attempts finish",
+          test_dialer_freed_early },
         { "tcp dial and listen", test_tcp },
         { "events held between handshake and owner", test_hold },
         { "events held for an owner that sets callbacks directly",

@@ -63,6 +63,17 @@ wait_line() {
     return 1
 }
 
+# wait_log FILE PATTERN [N]: waits (at most 10 s) until N (default 1)
+# lines of FILE match the grep -E PATTERN; 1 if they never do.
+wait_log() {
+    local n=${3:-1} i
+    for i in $(seq 100); do
+        [ "$(grep -Ec -- "$2" "$1" 2>/dev/null)" -ge "$n" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # expect NAME OUTPUT PATTERN...: each grep -E pattern must match OUTPUT.
 expect() {
     local name=$1 out=$2

@@ -1,14 +1,17 @@
 /* testhttpd - a small HTTP/1.1 server for the end-to-end tests.
  *
  *   testhttpd [--addr ADDR] --port-file FILE   serve (ADDR 127.0.0.1:0)
+ *   testhttpd [--addr ADDR] --closed --port-file FILE
+ *                                              hold a refused port
  *   testhttpd --print N                        write body N to stdout
  *
  * GET /bytes/N answers N bytes (N < 2^40) of a fixed pattern with a
  * Content-Length and "Connection: close"; any other path is 404.  Bodies
  * are streamed in 64 KiB pieces, each after the last has left, so memory
  * stays small for any N and many concurrent downloads.  The bound port is
- * written to FILE (written then renamed) once listening.  SIGTERM and
- * SIGINT stop it.
+ * written to FILE (written then renamed) once listening.  With --closed
+ * it binds ADDR but never listens, so that connections to the port written
+ * are refused for as long as it runs.  SIGTERM and SIGINT stop it.
  */
 #include "config.h"
 
@@ -156,18 +159,79 @@ print_body(unsigned long long n)
     return fflush(stdout) != 0;
 }
 
+/* Writes the port of the socket fd to path (written, then renamed). */
+static int
+write_port(evutil_socket_t fd, const char *path)
+{
+    struct sockaddr_storage ss;
+    ev_socklen_t sl = sizeof(ss);
+    char tmp[4096];
+    FILE *f;
+    unsigned p;
+
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) != 0)
+        return -1;
+    p = ntohs(ss.ss_family == AF_INET6
+              ? ((struct sockaddr_in6 *)&ss)->sin6_port
+              : ((struct sockaddr_in *)&ss)->sin_port);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    f = fopen(tmp, "w");
+    if (f == NULL || fprintf(f, "%u\n", p) < 0 || fclose(f) != 0 ||
+        rename(tmp, path) != 0) {
+        fprintf(stderr, "testhttpd: cannot write %s\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* A socket bound to host:port but never listening: connections to its
+ * port are refused (RST), and no other socket can take the port while it
+ * is held (no SO_REUSEADDR, no SO_REUSEPORT; connect() never picks it
+ * either).  host is numeric, IPv6 in brackets or not. */
+static evutil_socket_t
+bind_closed(const char *host, const char *port)
+{
+    struct evutil_addrinfo hints, *ai = NULL;
+    char name[256];
+    size_t n = strlen(host);
+    evutil_socket_t fd = -1;
+
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+        memcpy(name, host + 1, n - 2);
+        name[n - 2] = '\0';
+    } else {
+        snprintf(name, sizeof(name), "%s", host);
+    }
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = EVUTIL_AI_NUMERICHOST | EVUTIL_AI_PASSIVE;
+    if (evutil_getaddrinfo(name, port, &hints, &ai) != 0 || ai == NULL) {
+        fprintf(stderr, "testhttpd: bad address %s:%s\n", host, port);
+        return -1;
+    }
+    fd = socket(ai->ai_family, SOCK_STREAM, 0);
+    if (fd < 0 || bind(fd, ai->ai_addr, (socklen_t)ai->ai_addrlen) != 0) {
+        fprintf(stderr, "testhttpd: cannot bind %s:%s\n", host, port);
+        if (fd >= 0)
+            evutil_closesocket(fd);
+        fd = -1;
+    }
+    evutil_freeaddrinfo(ai);
+    return fd;
+}
+
 int
 main(int argc, char **argv)
 {
     const char *addr = "127.0.0.1:0", *port_file = NULL;
     struct event_base *base;
-    struct evhttp *http;
+    struct evhttp *http = NULL;
     struct evhttp_bound_socket *bs;
     struct event *sigterm, *sigint;
-    struct sockaddr_storage ss;
-    ev_socklen_t sl = sizeof(ss);
-    char host[256], port[16], tmp[4096];
-    int rc = 1;
+    evutil_socket_t closed_fd = -1;
+    char host[256], port[16];
+    int rc = 1, closed = 0;
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--print") == 0 && i + 1 < argc)
@@ -176,9 +240,11 @@ main(int argc, char **argv)
             addr = argv[++i];
         else if (strcmp(argv[i], "--port-file") == 0 && i + 1 < argc)
             port_file = argv[++i];
+        else if (strcmp(argv[i], "--closed") == 0)
+            closed = 1;
         else {
-            fprintf(stderr, "usage: testhttpd [--addr ADDR] --port-file "
-                    "FILE | --print N\n");
+            fprintf(stderr, "usage: testhttpd [--addr ADDR] [--closed] "
+                    "--port-file FILE | --print N\n");
             return 2;
         }
     }
@@ -199,32 +265,26 @@ main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     base = event_base_new();
-    http = evhttp_new(base);
-    if (base == NULL || http == NULL)
+    if (base == NULL)
         return 1;
-    evhttp_set_gencb(http, handle, NULL);
-    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
-    bs = evhttp_bind_socket_with_handle(http, host,
-                                        (ev_uint16_t)atoi(port));
-    if (bs == NULL) {
-        fprintf(stderr, "testhttpd: cannot listen on %s\n", addr);
-        goto out;
-    }
-    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&ss,
-                    &sl) != 0)
-        goto out;
-    snprintf(tmp, sizeof(tmp), "%s.tmp", port_file);
-    {
-        FILE *f = fopen(tmp, "w");
-        unsigned p = ntohs(ss.ss_family == AF_INET6
-                           ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                           : ((struct sockaddr_in *)&ss)->sin_port);
-
-        if (f == NULL || fprintf(f, "%u\n", p) < 0 || fclose(f) != 0 ||
-            rename(tmp, port_file) != 0) {
-            fprintf(stderr, "testhttpd: cannot write %s\n", port_file);
+    if (closed) {
+        closed_fd = bind_closed(host, port);
+        if (closed_fd < 0 || write_port(closed_fd, port_file) != 0)
+            goto out;
+    } else {
+        http = evhttp_new(base);
+        if (http == NULL)
+            goto out;
+        evhttp_set_gencb(http, handle, NULL);
+        evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+        bs = evhttp_bind_socket_with_handle(http, host,
+                                            (ev_uint16_t)atoi(port));
+        if (bs == NULL) {
+            fprintf(stderr, "testhttpd: cannot listen on %s\n", addr);
             goto out;
         }
+        if (write_port(evhttp_bound_socket_get_fd(bs), port_file) != 0)
+            goto out;
     }
     sigterm = evsignal_new(base, SIGTERM, on_signal, base);
     sigint = evsignal_new(base, SIGINT, on_signal, base);
@@ -235,7 +295,10 @@ main(int argc, char **argv)
     event_free(sigint);
     rc = 0;
 out:
-    evhttp_free(http);
+    if (closed_fd >= 0)
+        evutil_closesocket(closed_fd);
+    if (http != NULL)
+        evhttp_free(http);
     event_base_free(base);
     return rc;
 }
