@@ -315,9 +315,11 @@ void sl_signals_free(struct sl_signals *s);
 
 /* Runs fn(arg) once on the next loop iteration. */
 int sl_defer(struct event_base *base, void (*fn)(void *), void *arg);
-/* Keeps freed memory for reuse instead of returning and refaulting it
- * (glibc; elsewhere nothing).  Programs call it first thing; a plugin must
- * not, since it changes the whole process. */
+/* Keeps freed memory for reuse instead of returning and refaulting it,
+ * and gives libevent an allocator that keeps up to 1024 freed 1 KiB
+ * blocks, its smallest buffer chain (glibc; elsewhere nothing).  Programs
+ * call it first thing; a plugin must not, since it changes the whole
+ * process.  Calling it again does nothing more. */
 void sl_tune_malloc(void);
 /* Monotonic milliseconds. */
 int64_t sl_now_ms(void);

@@ -301,12 +301,37 @@ tp_report(struct tcp_pipe *tp, short what, int err)
     }
 }
 
+/* libevent runs a read callback again on every loop turn while the input
+ * stays at its high watermark with reading enabled, and mine_readcb can
+ * do nothing while the socket takes nothing: measured, a blocked sender
+ * ran it millions of times a GiB (a spinning loop that starved both ends
+ * on a busy machine).  So mine stops reading while its input is full and
+ * unsent, and reads again once a write makes room; meanwhile the user's
+ * output holds the rest, as the watermark means. */
+static void
+tp_read_ctl(struct tcp_pipe *tp)
+{
+    size_t held = evbuffer_get_length(bufferevent_get_input(tp->mine));
+    int on = (bufferevent_get_enabled(tp->mine) & EV_READ) != 0;
+
+    if (held >= tp->read_buffer && (tp->failed ||
+                                    event_pending(tp->wev, EV_WRITE, NULL))) {
+        if (on)
+            bufferevent_disable(tp->mine, EV_READ);
+    } else if (!on && !tp->failed) {
+        /* The pair moves the user's output in now; mine_readcb follows
+         * (deferred). */
+        bufferevent_enable(tp->mine, EV_READ);
+    }
+}
+
 /* Writes what the user gave us; returns 0, or -1 after reporting. */
 static int
 tp_flush(struct tcp_pipe *tp)
 {
     struct evbuffer *in = bufferevent_get_input(tp->mine);
 
+again:
     while (evbuffer_get_length(in) > 0) {
         int n = evbuffer_write_atmost(in, tp->fd, (ev_ssize_t)tp->wchunk);
 
@@ -323,9 +348,16 @@ tp_flush(struct tcp_pipe *tp)
     }
     if (evbuffer_get_length(in) > 0) {
         event_add(tp->wev, NULL);
+        tp_read_ctl(tp);
         return 0;
     }
     event_del(tp->wev);
+    if (!(bufferevent_get_enabled(tp->mine) & EV_READ)) {
+        /* The socket took all and has room: on with what the user holds. */
+        tp_read_ctl(tp);
+        if (evbuffer_get_length(in) > 0)
+            goto again;
+    }
     if (tp->shut_pending && !tp->shut_done) {
         tp->shut_done = 1;
         if (shutdown(tp->fd, SHUT_WR) != 0 && errno != ENOTCONN)
@@ -506,6 +538,8 @@ mine_readcb(struct bufferevent *bev, void *arg)
     (void)bev;
     if (!tp->failed && !event_pending(tp->wev, EV_WRITE, NULL))
         tp_flush(tp);
+    else
+        tp_read_ctl(tp);
 }
 
 /* mine.output drained into the user's input: read the socket again. */

@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1163,6 +1165,14 @@ lpair_up(void *arg)
     return lp->a != NULL && lp->b != NULL;
 }
 
+static bool
+lpair_up_a(void *arg)
+{
+    struct lpair *lp = arg;
+
+    return lp->a != NULL;
+}
+
 /* Two sessions of cfg_text over a connected pair of base pipes (a mem
  * or tcp stack whose addr= ends in port 0). */
 static bool
@@ -1886,6 +1896,113 @@ blk_chunk(struct blkt *bt, uint8_t *buf)
     bufferevent_write(bt->pair[1], buf, BLK_CHUNK);
 }
 
+/* ---- a blocked sender idles ----------------------------------------------
+ *
+ * A peer that takes a stream's credit and then stops reading: the socket
+ * fills, and every buffer on the way (tcp's, the lower output, the
+ * stream's) stops at its bound.  The loop must then go idle: a callback
+ * that libevent runs again on every turn (a read callback at its high
+ * watermark with reading on) would spin a core while nothing can move. */
+static void
+test_blocked_sender_idles(void)
+{
+    static unsigned char zero[CHUNK];
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof(sa);
+    int lfd, fd = -1, one = 1, small = 16384, turns = 0;
+    char text[96];
+    unsigned char syn[PM_HDR_LEN + 16], more[PM_HDR_LEN + PM_MORE_BODY_LEN];
+    size_t got = 0;
+    struct lpair lp = { NULL, NULL };
+    struct sl_dialer *d;
+    struct sl_error e;
+    struct sl_pipe *p = NULL;
+    struct evbuffer *out;
+    struct sess ss;
+    struct pm_hdr h;
+    void *cfg;
+
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    lfd = socket(AF_INET, SOCK_STREAM, 0);
+    CU_ASSERT_FATAL(lfd >= 0);
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* A small receive buffer (inherited by the accepted socket) fills
+     * sooner. */
+    setsockopt(lfd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    CU_ASSERT_FATAL(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+                    listen(lfd, 1) == 0 &&
+                    getsockname(lfd, (struct sockaddr *)&sa, &sl) == 0);
+    snprintf(text, sizeof(text), "tcp addr=127.0.0.1:%u",
+             (unsigned)ntohs(sa.sin_port));
+    sl_error_clear(&e);
+    d = sl_dialer_parse(text, &e);
+    CU_ASSERT_FATAL(d != NULL);
+    CU_ASSERT_FATAL(sl_dialer_dial(d, base, on_lower_dialed, &lp, NULL, &e)
+                    == 0);
+    CU_ASSERT_FATAL(run_until(lpair_up_a, &lp, WAIT_MS));
+    sl_dialer_free(d);
+    fd = accept(lfd, NULL, NULL);
+    close(lfd);
+    CU_ASSERT_FATAL(fd >= 0);
+    cfg = pm_cfg("ping_interval=0");
+    CU_ASSERT_FATAL(cfg != NULL);
+    CU_ASSERT_FATAL(sess_start(&ss, cfg, lp.a, SL_ROLE_CLIENT));
+    pm_cfg_free(cfg);
+    CU_ASSERT_FATAL(sl_session_open(ss.s, "x", 1, &p, &e) == 0);
+    /* 64 MiB queued at once, by reference: far more than the socket and
+     * every bound on the way hold. */
+    out = bufferevent_get_output(sl_pipe_get0_bev(p));
+    for (int i = 0; i < 1024; i++)
+        evbuffer_add_reference(out, zero, sizeof(zero), NULL, NULL);
+    /* Up to the SYN (its id), then credit for every frame, then no more
+     * reads. */
+    do {
+        size_t want = PM_HDR_LEN;
+
+        got = 0;
+        while (got < want) {
+            ssize_t n;
+
+            run_for(1);
+            n = recv(fd, syn + got, want - got, MSG_DONTWAIT);
+            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
+                break;
+            if (n > 0)
+                got += (size_t)n;
+            if (got == PM_HDR_LEN && want == PM_HDR_LEN) {
+                pm_hdr_decode(syn, &h);
+                CU_ASSERT_FATAL(h.body_len <= sizeof(syn) - PM_HDR_LEN);
+                want += h.body_len;
+            }
+        }
+        CU_ASSERT_FATAL(got == want);
+    } while (h.cmd != PM_CMD_SYN);
+    CU_ASSERT_FATAL(h.body_len == 1);
+    pm_hdr_encode(more, PM_CMD_MORE, PM_MORE_BODY_LEN, h.stream_id);
+    pm_more_encode(more + PM_HDR_LEN, UINT16_MAX);
+    CU_ASSERT_FATAL(send(fd, more, sizeof(more), 0) == (ssize_t)sizeof(more));
+    /* Let the buffers fill up to their bounds. */
+    run_for(500);
+    CU_ASSERT(evbuffer_get_length(out) > 0);
+    /* Idle: nothing pending once the loop stops (the timer stops it even
+     * under a spin, which a non-blocking turn would not). */
+    while (turns < 20 &&
+           event_base_get_num_events(base, EVENT_BASE_COUNT_ACTIVE) > 0) {
+        run_for(10);
+        turns++;
+    }
+    if (verbose)
+        fprintf(stderr, "\n  idle after %d tries, %zu bytes still queued\n",
+                turns, evbuffer_get_length(out));
+    CU_ASSERT(event_base_get_num_events(base, EVENT_BASE_COUNT_ACTIVE) == 0);
+    sl_pipe_free(p);
+    sess_end(&ss);
+    close(fd);
+    run_for(5);
+}
+
 static void
 test_stalled_stream_bound(void)
 {
@@ -2150,6 +2267,8 @@ main(void)
         { "a stalled reader among 9 bulk streams", test_slow_reader },
         { "a stalled stream holds what it was sent, not the lower reads",
           test_stalled_stream_bound },
+        { "tcp: a sender whose peer stops reading goes idle",
+          test_blocked_sender_idles },
         { NULL, NULL },
     };
     int refused = 0, rc;
