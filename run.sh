@@ -3,8 +3,8 @@
 #
 #   ./run.sh demo    install dependencies, build, run the main job
 #   ./run.sh test    install dependencies, build, run every test
-#                    (-Werror, then again under ASan+UBSan, fuzzers briefly,
-#                    and make distcheck)
+#                    (-Werror, the demo, then again under ASan+UBSan,
+#                    fuzzers briefly, and make distcheck)
 #   ./run.sh deps | build | bench
 set -euo pipefail
 
@@ -79,7 +79,12 @@ demo() {
     # Globals: the EXIT trap runs after this function has returned.
     tmp=$(mktemp -d)
     pids=()
-    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; rm -rf "$tmp"' EXIT
+    # Newest first (the client before its exit), and on past any that
+    # has already ended (the origin serves once): a failing kill in an
+    # EXIT trap under set -e would end the trap and leave the rest running.
+    trap 'for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+              kill "${pids[i]}" 2>/dev/null || true
+          done; rm -rf "$tmp"' EXIT
     trap 'exit 1' INT TERM HUP
     waitfor() {   # waitfor FILE KEY: the address after KEY, once written
         for _ in $(seq 100); do
@@ -140,6 +145,8 @@ test_all() {
     configure_in "$build" --enable-werror
     make -s -C "$build" -j"$jobs" >/dev/null
     make -C "$build" -j"$jobs" check || { cat "$build"/t/*/*.log >&2 || true; exit 1; }
+    log "the main job, as ./run.sh demo runs it"
+    ( demo )
     log "build with AddressSanitizer + UndefinedBehaviorSanitizer and run the tests"
     configure_in "$build-san" --enable-werror --enable-sanitizers
     make -s -C "$build-san" -j"$jobs" >/dev/null
