@@ -612,7 +612,8 @@ on_resolved(int err, const char *why, const struct addrinfo *ai, void *arg)
 {
     struct tunnel *t = arg;
     struct app *a = t->app;
-    char text[600], addr[64], refusal[160];
+    /* DIAL_ADDRS_MAX clauses of at most 113 bytes each. */
+    char text[600], alts[480], addr[64], refusal[160];
     size_t len = 0, n = 0;
     int name_allowed = 0;
     struct sl_error e;
@@ -644,33 +645,28 @@ on_resolved(int err, const char *why, const struct addrinfo *ai, void *arg)
         udp_start(t, ai);
         return;
     }
-    len = (size_t)snprintf(text, sizeof(text), "timeout(%lldms, fallback(",
-                           (long long)a->conf->connect_timeout_ms);
     for (const struct addrinfo *i = ai; i != NULL && n < DIAL_ADDRS_MAX;
          i = i->ai_next) {
         if (i->ai_family != AF_INET && i->ai_family != AF_INET6)
             continue;
         xc_format_addr(i->ai_addr, addr, sizeof(addr));
-        len += (size_t)snprintf(text + len, sizeof(text) - len,
+        len += (size_t)snprintf(alts + len, sizeof(alts) - len,
                                 "%stcp addr=%s connect_timeout=%lldms",
                                 n ? ", " : "", addr,
                                 (long long)a->conf->connect_timeout_ms);
         n++;
     }
-    snprintf(text + len, sizeof(text) - len, "))");
     if (n == 0) {
         tunnel_fail(t, TUN_FAIL_DNS ": no IPv4 or IPv6 address");
         return;
     }
-    if (n == 1) {
-        /* One address: tcp's own connect timeout is the whole bound, and
-         * the two combinators would only cost time on every tunnel. */
-        size_t from = (size_t)(strstr(text, "tcp addr=") - text);
-
-        len = strlen(text) - from - 2;          /* without the "))" */
-        memmove(text, text + from, len);
-        text[len] = '\0';
-    }
+    /* One address: tcp's own connect timeout is the whole bound, and the
+     * two combinators would only cost time on every tunnel. */
+    if (n == 1)
+        snprintf(text, sizeof(text), "%s", alts);
+    else
+        snprintf(text, sizeof(text), "timeout(%lldms, fallback(%s))",
+                 (long long)a->conf->connect_timeout_ms, alts);
     sl_error_clear(&e);
     t->state = T_CONNECT;
     t->dialer = sl_dialer_parse(text, &e);

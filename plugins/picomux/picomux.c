@@ -695,25 +695,33 @@ batch_flush(struct pm_session *s)
         evbuffer_add_buffer(lower_out(s), s->batch);
 }
 
+/* Appends one frame to to: a small one in one piece. */
+static void
+frame_add(struct evbuffer *to, uint8_t cmd, uint32_t id, const void *body,
+          size_t len)
+{
+    uint8_t buf[PM_HDR_LEN + 64];
+
+    pm_hdr_encode(buf, cmd, (uint16_t)len, id);
+    if (len <= sizeof(buf) - PM_HDR_LEN) {
+        if (len > 0)
+            memcpy(buf + PM_HDR_LEN, body, len);
+        evbuffer_add(to, buf, PM_HDR_LEN + len);
+    } else {
+        evbuffer_add(to, buf, PM_HDR_LEN);
+        evbuffer_add(to, body, len);
+    }
+}
+
 /* Appends one frame to the single outgoing FIFO, the lower output. */
 static void
 out_frame(struct pm_session *s, uint8_t cmd, uint32_t id, const void *body,
           size_t len)
 {
-    uint8_t buf[PM_HDR_LEN + 64];
-
     if (s->dead || s->lbev == NULL)
         return;
     batch_flush(s);     /* frames leave in the order they were made */
-    pm_hdr_encode(buf, cmd, (uint16_t)len, id);
-    if (len <= sizeof(buf) - PM_HDR_LEN) {
-        if (len > 0)
-            memcpy(buf + PM_HDR_LEN, body, len);
-        evbuffer_add(lower_out(s), buf, PM_HDR_LEN + len);
-    } else {
-        evbuffer_add(lower_out(s), buf, PM_HDR_LEN);
-        evbuffer_add(lower_out(s), body, len);
-    }
+    frame_add(lower_out(s), cmd, id, body, len);
 }
 
 static void
@@ -737,15 +745,11 @@ out_more(struct pm_session *s, uint32_t id, uint64_t grant)
 static void
 syn_frame(struct pm_session *s, uint32_t id, const void *meta, size_t len)
 {
-    uint8_t hdr[PM_HDR_LEN];
     static const struct timeval now = { 0, 0 };
 
     if (s->dead || s->lbev == NULL)
         return;
-    pm_hdr_encode(hdr, PM_CMD_SYN, (uint16_t)len, id);
-    evbuffer_add(s->batch, hdr, sizeof(hdr));
-    if (len > 0)
-        evbuffer_add(s->batch, meta, len);
+    frame_add(s->batch, PM_CMD_SYN, id, meta, len);
     if (!evtimer_pending(s->flush_ev, NULL))
         evtimer_add(s->flush_ev, &now);
 }
